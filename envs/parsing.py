@@ -49,13 +49,14 @@ def _clean(text: str) -> str:
     return " ".join(text.split())[:MAX_ACTION_CHARS].strip()
 
 
-def _block(text: str, tag: str) -> tuple[int, int, str | None]:
-    """(start of the opening tag, end of the closing tag, inner text) of the first ``<tag>…</tag>``.
+def _block(text: str, tag: str, begin: int = 0) -> tuple[int, int, str | None]:
+    """(start of the opening tag, end of the closing tag, inner text) of the first ``<tag>…</tag>`` at or
+    after ``begin``.
 
     Start is -1 when the opening tag is absent. An opening tag without a closing tag gives end -1 and the
     text after the opening tag as the inner text (best effort)."""
     open_tag, close_tag = f"<{tag}>", f"</{tag}>"
-    start = text.find(open_tag)
+    start = text.find(open_tag, begin)
     if start < 0:
         return -1, -1, None
     inner_start = start + len(open_tag)
@@ -87,16 +88,19 @@ def parse_reply(env_name: str, text: str) -> Reply:
     else:
         raise ValueError(f"env_name: expected one of {ACTION_ENVS + SEARCH_ENVS}, got {env_name!r}")
 
-    t_start, t_end, think = _block(text, "think")
+    _, t_end, think = _block(text, "think")
     think_ok = _once(text, "think") and t_end >= 0
     think = think.strip() if (think is not None and t_end >= 0) else None
 
-    # Best-effort action: the earliest action-like block after the think block (or anywhere).
+    # Best-effort action: the earliest action-like block after the think block, else anywhere.
     found = []
-    for tag in action_tags:
-        start, end, inner = _block(text, tag)
-        if start >= 0:
-            found.append((start, end, inner, tag))
+    for begin in ((t_end, 0) if t_end > 0 else (0,)):
+        for tag in action_tags:
+            start, end, inner = _block(text, tag, begin)
+            if start >= 0:
+                found.append((start, end, inner, tag))
+        if found:
+            break
     if not found:
         return Reply(action=None, valid_format=False, kind=None, think=think)
     found.sort(key=lambda item: item[0])
@@ -106,8 +110,8 @@ def parse_reply(env_name: str, text: str) -> Reply:
 
     valid = (
         think_ok
-        and len(found) == 1
         and _once(text, tag)
+        and not any(f"<{other}>" in text or f"</{other}>" in text for other in action_tags if other != tag)
         and end >= 0
         and start >= t_end  # the think block comes first
         and action is not None

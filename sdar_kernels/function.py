@@ -1,0 +1,90 @@
+"""Autograd glue shared by the chunked and Triton backends.
+
+A backend is a module with ``row_stats`` and ``grad`` (see ``chunked.py``). ``LogprobFunction``
+runs student (and optionally teacher) rows through one ``row_stats`` call, combines the
+statistics into log-probs and entropies, and recomputes the logits in backward through ``grad``
+(student rows only; teacher outputs are non-differentiable). ``FusedObjectiveFunction`` is the
+chunked-only variant for scalar losses whose per-token coefficients are known in the forward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import chunked, compile as ops
+from .options import KernelOptions
+from .stats import combine_stats
+
+
+def safe_labels(labels: Tensor, valid: Tensor) -> Tensor:
+    """Labels with invalid rows set to -1: never a vocabulary row, so never indexes memory."""
+    return torch.where(valid, labels, torch.full_like(labels, -1))
+
+
+class LogprobFunction(torch.autograd.Function):
+    """(student_logp, student_entropy, teacher_logp) of flattened rows with a recomputing backward.
+
+    Inputs: student [N, H], weight [V_local, H], labels int64 [N] (-1 on invalid rows),
+    valid bool [N], teacher [N, H] or None, opts. Outputs are fp32 [N]; teacher_logp is an empty
+    tensor when there is no teacher and is never differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, student, weight, labels, valid, teacher, opts: KernelOptions):
+        n = student.shape[0]
+        hiddens = [student] if teacher is None else [student, teacher.detach()]
+        m, s, t, zy = ops.row_stats(hiddens, weight, [labels] * len(hiddens), opts.impl, opts.temperature,
+                                    opts.vocab_start, opts.chunk_bytes)
+        both_valid = valid if teacher is None else torch.cat([valid, valid])
+        lse, logp, entropy = combine_stats(m, s, t, zy, both_valid)
+        # Separate copies (O(N)), so that no output is a view of another.
+        teacher_logp = logp[n:].clone() if teacher is not None else logp.new_empty(0)
+        lse, logp, entropy = lse[:n].clone(), logp[:n].clone(), entropy[:n].clone()
+        ctx.save_for_backward(student, weight, labels, valid, lse, entropy)
+        ctx.opts = opts
+        ctx.mark_non_differentiable(teacher_logp)
+        ctx.set_materialize_grads(False)
+        return logp, entropy, teacher_logp
+
+    @staticmethod
+    def backward(ctx, grad_logp, grad_entropy, _grad_teacher):
+        student, weight, labels, valid, lse, entropy = ctx.saved_tensors
+        opts = ctx.opts
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if (grad_logp is None and grad_entropy is None) or not (need_h or need_w):
+            return None, None, None, None, None, None
+        zero = torch.zeros_like(lse)
+        a = zero if grad_logp is None else torch.where(valid, grad_logp.float(), zero)
+        b = None if grad_entropy is None else torch.where(valid, grad_entropy.float(), zero)
+        dh, dw = ops.grad(student, weight, labels, lse, entropy, a, b, opts.impl, opts.temperature,
+                          opts.vocab_start, opts.chunk_bytes, need_h, need_w)
+        return (dh if need_h else None), (dw.to(weight.dtype) if need_w else None), None, None, None, None
+
+
+class FusedObjectiveFunction(torch.autograd.Function):
+    """Scalar loss Σ_t f_t whose gradient is formed during the forward (chunked backend only).
+
+    ``coefficients`` is the per-chunk callback of ``chunked.fused_objective_chunks``. Returns
+    (loss, student_logp, student_entropy, teacher_logp); only ``loss`` is differentiable and its
+    backward scales the stored dh, dW by the upstream scalar gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, student, weight, labels, valid, teacher, coefficients, opts: KernelOptions):
+        loss, logp, ent, tlogp, dh, dw = chunked.fused_objective_chunks(
+            student, None if teacher is None else teacher.detach(), weight, labels, valid, coefficients,
+            temperature=opts.temperature, vocab_start=opts.vocab_start,
+            need_hidden_grad=ctx.needs_input_grad[0], need_weight_grad=ctx.needs_input_grad[1],
+            chunk_bytes=opts.chunk_bytes)
+        ctx.dh, ctx.dw, ctx.weight_dtype = dh, dw, weight.dtype
+        tlogp = logp.new_empty(0) if tlogp is None else tlogp
+        ctx.mark_non_differentiable(logp, ent, tlogp)
+        return loss, logp, ent, tlogp
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_unused):
+        dh = None if ctx.dh is None else ctx.dh.mul_(grad_loss.to(ctx.dh.dtype))
+        dw = None if ctx.dw is None else ctx.dw.mul_(grad_loss).to(ctx.weight_dtype)
+        ctx.dh = ctx.dw = None
+        return dh, dw, None, None, None, None, None

@@ -1,0 +1,351 @@
+"""Public functions: fused log-probs, the SDAR loss and the composed GRPO + SDAR objective.
+
+Every function takes ``impl``: "naive" (materialised fp32 logits + autograd, the reference),
+"chunked" (pure PyTorch, token chunks sized by a byte budget, never holds [N, V]), "triton"
+(fused kernels from ``sdar_kernels.ops``; under ``TRITON_INTERPRET=1`` on CPU) or "auto"
+(triton for CUDA tensors, chunked otherwise). Hidden states are (..., H) and labels (...); rows
+are flattened internally and results come back in the labels' shape.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from . import losses
+from .function import FusedObjectiveFunction, LogprobFunction, safe_labels
+from .options import (AGG_MODES, DEFAULT_CHUNK_BYTES, DISTILL_KINDS, ESTIMATORS, GATES, IMPLS, REDUCTIONS,
+                      KernelOptions, check_choice)
+from .reference import naive_logprobs
+
+_FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
+
+
+# ---------------------------------------------------------------- input checks and dispatch
+
+def resolve_impl(impl: str, device: torch.device) -> str:
+    """"auto" → "triton" on CUDA, "chunked" elsewhere; other valid names pass through."""
+    check_choice("impl", impl, IMPLS)
+    if impl == "auto":
+        return "triton" if device.type == "cuda" else "chunked"
+    return impl
+
+
+def _check_float(name: str, x: Tensor) -> None:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float32/bfloat16/float16/float64, got {x.dtype}")
+
+
+def _check_labels_in_range(labels: Tensor, vocab_size: int, ignore_index: int) -> None:
+    """Labels must lie in [0, V) or equal ignore_index: a host check on CPU, a device assert on CUDA."""
+    bad = ((labels < 0) | (labels >= vocab_size)) & (labels != ignore_index)
+    if labels.device.type == "cpu" and not torch.compiler.is_compiling():
+        if bool(bad.any()):
+            raise ValueError(f"labels must lie in [0, {vocab_size}) or equal ignore_index={ignore_index}; "
+                             f"got {labels[bad][0].item()}")
+    else:
+        torch._assert_async(~bad.any(), "labels out of range [0, V) and not ignore_index")
+
+
+def _prepare(hidden: Tensor, weight: Tensor, labels: Tensor, mask: Tensor | None, *, temperature: float,
+             ignore_index: int, impl: str, chunk_bytes: int | None, hidden_name: str = "hidden"):
+    """Validates inputs and flattens them: (h [N, H], labels [N] (-1 where invalid), valid [N], weight_mask [N] fp32, opts)."""
+    _check_float(hidden_name, hidden)
+    _check_float("weight", weight)
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be (V, H), got shape {tuple(weight.shape)}")
+    if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{hidden_name} must be (..., H) with H = weight.shape[1] = {weight.shape[1]}, "
+                         f"got shape {tuple(hidden.shape)}")
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"{hidden_name} dtype {hidden.dtype} must match weight dtype {weight.dtype}")
+    if not isinstance(labels, Tensor) or labels.dtype != torch.int64:
+        raise TypeError(f"labels must be an int64 tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
+    if labels.shape != hidden.shape[:-1]:
+        raise ValueError(f"labels shape {tuple(labels.shape)} must equal {hidden_name}.shape[:-1] = "
+                         f"{tuple(hidden.shape[:-1])}")
+    if not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise ValueError(f"temperature must be a number > 0, got {temperature!r}")
+    if chunk_bytes is not None and (not isinstance(chunk_bytes, int) or chunk_bytes <= 0):
+        raise ValueError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
+    if mask is not None:
+        if not isinstance(mask, Tensor) or mask.shape != labels.shape:
+            raise ValueError(f"mask shape {tuple(getattr(mask, 'shape', ()))} must equal labels shape "
+                             f"{tuple(labels.shape)}")
+        if mask.dtype != torch.bool and not mask.dtype.is_floating_point:
+            raise TypeError(f"mask must be bool or float, got {mask.dtype}")
+    resolved = resolve_impl(impl, hidden.device)
+    _check_labels_in_range(labels, weight.shape[0], ignore_index)
+    flat_labels = labels.reshape(-1)
+    token_weight = (flat_labels != ignore_index).float()
+    if mask is not None:
+        token_weight = token_weight * mask.reshape(-1).float()
+    valid = token_weight != 0
+    opts = KernelOptions(temperature=float(temperature), ignore_index=ignore_index, vocab_start=0,
+                         vocab_size=weight.shape[0], impl=resolved,
+                         chunk_bytes=DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
+    h = hidden.reshape(-1, hidden.shape[-1]).contiguous()
+    return h, safe_labels(flat_labels, valid), valid, token_weight, opts
+
+
+def _flat_logprobs(student: Tensor, weight: Tensor, labels: Tensor, valid: Tensor, teacher: Tensor | None,
+                   opts: KernelOptions) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(student logp, student entropy, teacher logp or None), fp32 [N]; only the student's carry gradient."""
+    if opts.impl == "naive":
+        logp, entropy = naive_logprobs(student, weight, labels, valid, temperature=opts.temperature)
+        teacher_logp = None
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logp, _ = naive_logprobs(teacher.detach(), weight.detach(), labels, valid,
+                                                 temperature=opts.temperature)
+        return logp, entropy, teacher_logp
+    logp, entropy, teacher_logp = LogprobFunction.apply(student, weight, labels, valid, teacher, opts)
+    return logp, entropy, (teacher_logp if teacher is not None else None)
+
+
+# ---------------------------------------------------------------- fused log-probs
+
+def fused_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, *, temperature: float = 1.0,
+                   return_entropy: bool = False, ignore_index: int = -100, impl: str = "auto",
+                   chunk_bytes: int | None = None) -> tuple[Tensor, Tensor | None]:
+    """Log-probabilities (and entropies) of ``labels`` under softmax(hidden · weightᵀ / temperature).
+
+    Args:
+        hidden: (..., H) float32/bf16/fp16 hidden states.
+        weight: (V, H) LM-head weight, same dtype as ``hidden``.
+        labels: (...) int64 token ids in [0, V); ``ignore_index`` rows give 0 and no gradient.
+        temperature: > 0. return_entropy: also return the entropy.
+        impl: "auto" | "triton" | "chunked" | "naive". chunk_bytes: byte budget of one token chunk
+            (chunked only; default 64 MiB).
+    Returns:
+        (logp, entropy or None): fp32 (...), both differentiable w.r.t. ``hidden`` and ``weight``
+        with exact per-token upstream gradients (any combination of the two).
+    """
+    h, y, valid, _, opts = _prepare(hidden, weight, labels, None, temperature=temperature,
+                                    ignore_index=ignore_index, impl=impl, chunk_bytes=chunk_bytes)
+    logp, entropy, _ = _flat_logprobs(h, weight, y, valid, None, opts)
+    shape = labels.shape
+    return logp.reshape(shape), (entropy.reshape(shape) if return_entropy else None)
+
+
+# ---------------------------------------------------------------- SDAR loss
+
+@dataclass
+class SDAROutput:
+    """Result of ``sdar_loss``. All tensors fp32 in the labels' shape (``loss`` scalar unless
+    reduction="none"). Only ``loss`` and ``student_logp`` carry gradient; excluded tokens hold 0
+    in every per-token field."""
+
+    loss: Tensor
+    student_logp: Tensor
+    teacher_logp: Tensor
+    gap: Tensor
+    gate: Tensor
+    student_entropy: Tensor
+
+
+def _safe_denominator(total: Tensor) -> Tensor:
+    return torch.where(total > 0, total, torch.ones_like(total))
+
+
+def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, labels: Tensor, *,
+              mask: Tensor | None = None, gate: str = "gap", beta: float = 5.0, estimator: str = "sdar",
+              temperature: float = 1.0, ignore_index: int = -100, reduction: str = "mean", impl: str = "auto",
+              chunk_bytes: int | None = None) -> SDAROutput:
+    """The gated self-distillation loss of DESIGN §1 with one pass over the vocabulary.
+
+    Args:
+        student_hidden: (..., H) hidden states of the student context (gets gradient).
+        teacher_hidden: (..., H) hidden states of the teacher context, same shape (no gradient).
+        weight: (V, H) LM head shared by both, same dtype. labels: (...) int64.
+        mask: optional (...) bool/float; 0 excludes a token, a float acts as a token weight.
+        gate: "gap" σ(βΔ) | "entropy" H/log V | "soft_or" 1−(1−ĥ)(1−σ(βΔ)) | "none" 0.5.
+        estimator: "sdar" ℓ = g·(sg(logp_T) − logp_S) | "reverse_kl" ℓ = −g·sg(Δ)·logp_S.
+        reduction: "mean" (Σ w ℓ / Σ w over valid tokens; 0 when none), "sum", "none" (w·ℓ, (...)).
+        impl, temperature, ignore_index, chunk_bytes: as in ``fused_logprobs``.
+    Returns:
+        ``SDAROutput``: loss; student_logp (carries gradient through the same fused backward, so
+        a caller may add a policy term on it and run one backward); detached teacher_logp,
+        gap Δ = logp_T − logp_S, gate g and student_entropy.
+    """
+    check_choice("gate", gate, GATES)
+    check_choice("estimator", estimator, ESTIMATORS)
+    check_choice("reduction", reduction, REDUCTIONS)
+    if not isinstance(teacher_hidden, Tensor) or teacher_hidden.shape != student_hidden.shape:
+        raise ValueError(f"teacher_hidden shape {tuple(getattr(teacher_hidden, 'shape', ()))} must equal "
+                         f"student_hidden shape {tuple(student_hidden.shape)}")
+    h_s, y, valid, w, opts = _prepare(student_hidden, weight, labels, mask, temperature=temperature,
+                                      ignore_index=ignore_index, impl=impl, chunk_bytes=chunk_bytes,
+                                      hidden_name="student_hidden")
+    _check_float("teacher_hidden", teacher_hidden)
+    if teacher_hidden.dtype != weight.dtype:
+        raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} must match weight dtype {weight.dtype}")
+    h_t = teacher_hidden.reshape(h_s.shape).contiguous()
+    logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
+    g, _ = losses.sdar_gate(teacher_logp - logp.detach(), entropy, gate=gate, beta=beta,
+                            vocab_size=opts.vocab_size)
+    per_token, info = losses.sdar_token_loss(logp, teacher_logp, gate=g, estimator=estimator)
+    per_token = w * per_token
+    if reduction == "mean":
+        loss = per_token.sum() / _safe_denominator(w.sum())
+    elif reduction == "sum":
+        loss = per_token.sum()
+    else:
+        loss = per_token.reshape(labels.shape)
+    zero = torch.zeros_like(g)
+    shape = labels.shape
+    return SDAROutput(loss=loss, student_logp=logp.reshape(shape), teacher_logp=teacher_logp.detach().reshape(shape),
+                      gap=torch.where(valid, info["gap"], zero).reshape(shape),
+                      gate=torch.where(valid, g, zero).reshape(shape),
+                      student_entropy=entropy.detach().reshape(shape))
+
+
+# ---------------------------------------------------------------- GRPO + SDAR
+
+def _token_tensor(name: str, x: Tensor | None, shape: torch.Size, allow_per_sequence: bool = False) -> Tensor | None:
+    """Validates a per-token float input (or per-sequence (...[:-1]) when allowed) and flattens it to [N] fp32."""
+    if x is None:
+        return None
+    if not isinstance(x, Tensor) or not x.dtype.is_floating_point:
+        raise TypeError(f"{name} must be a float tensor, got {getattr(x, 'dtype', type(x).__name__)}")
+    if x.shape != shape:
+        if allow_per_sequence and len(shape) >= 1 and x.shape == shape[:-1]:
+            x = x.unsqueeze(-1).expand(shape)
+        elif allow_per_sequence and x.dim() == 0:
+            x = x.expand(shape)
+        else:
+            seq = f" or per sequence {tuple(shape[:-1])}" if allow_per_sequence else ""
+            raise ValueError(f"{name} shape {tuple(x.shape)} must equal labels shape {tuple(shape)}{seq}")
+    return x.detach().reshape(-1).float()
+
+
+def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight: Tensor, labels: Tensor,
+                   advantages: Tensor, old_logp: Tensor | None = None, ref_logp: Tensor | None = None,
+                   mask: Tensor | None = None, *, sdar_coef: float = 0.01, clip: float = 0.2,
+                   clip_high: float | None = None, agg: str = "token-mean", norm_len: int | None = None,
+                   kl_coef: float = 0.0, entropy_coef: float = 0.0, gate: str = "gap", beta: float = 5.0,
+                   sdar_estimator: str = "sdar", pg_coef: float = 1.0, distill: str = "sdar",
+                   rlsd_coef: float = 0.0, max_log_ratio: float = 10.0, temperature: float = 1.0,
+                   ignore_index: int = -100, impl: str = "auto",
+                   chunk_bytes: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    """The published objective L = pg_coef·L_GRPO + kl_coef·KL_k3 − entropy_coef·H̄ + sdar_coef·L_distill
+    with a single student pass (DESIGN §1).
+
+    Args:
+        student_hidden: (..., T, H) student hidden states (gets gradient); the last token
+            dimension is one sequence (used by the seq-mean aggregation modes).
+        teacher_hidden: same shape, or None for plain GRPO (no distillation term, no RLSD).
+        weight: (V, H) LM head; labels: (..., T) int64 sampled tokens (``ignore_index`` = padding).
+        advantages: (..., T) per token or (...) per sequence (broadcast over T), float.
+        old_logp: (..., T) behaviour log-probs (None = on-policy, ratio ≡ 1 with gradient).
+        ref_logp: (..., T) reference log-probs for the k3 KL (needed when kl_coef ≠ 0).
+        mask: optional (..., T) bool/float; 0 excludes a token.
+        sdar_coef: λ of the distillation term (token-mean over valid tokens whatever ``agg``).
+        clip, clip_high: PPO ε (clip_high defaults to clip). agg: "token-mean" |
+            "seq-mean-token-mean" | "seq-mean-token-sum" | "seq-mean-token-sum-norm" (divides by
+            ``norm_len``, default T) for the PG, KL and entropy terms.
+        gate, beta, sdar_estimator: as in ``sdar_loss``. pg_coef: 0 gives OPSD (no PG term).
+        distill: "sdar" | "skill_sd" (ρ·k3, ρ = exp(min(logp − logp_old, max_log_ratio)) detached)
+            | "none". rlsd_coef: λ of RLSD advantage reweighting (0 = off; needs the teacher).
+        temperature, ignore_index, impl, chunk_bytes: as in ``fused_logprobs``.
+    Returns:
+        (loss, metrics): loss is a differentiable fp32 scalar. metrics holds detached fp32 scalars:
+        pg_loss, kl, entropy (aggregated like the loss), sdar_loss (token mean of the distillation
+        term), clip_frac, ratio_mean, logp_mean, teacher_logp_mean, gap_mean, neg_gap_frac, gate_mean,
+        gate_pos_gap_mean, gate_neg_gap_mean (means over valid tokens; gap/gate ones 0 without
+        teacher), with loss = pg_coef·pg_loss + kl_coef·kl − entropy_coef·entropy + sdar_coef·sdar_loss.
+
+    With impl="chunked" (outside torch.compile) the gradient is formed during the forward, chunk
+    by chunk, and backward only scales it (4 GEMMs in all); other impls recompute in backward.
+    """
+    check_choice("agg", agg, AGG_MODES)
+    check_choice("gate", gate, GATES)
+    check_choice("sdar_estimator", sdar_estimator, ESTIMATORS)
+    check_choice("distill", distill, DISTILL_KINDS)
+    if teacher_hidden is not None and (not isinstance(teacher_hidden, Tensor)
+                                       or teacher_hidden.shape != student_hidden.shape):
+        raise ValueError(f"teacher_hidden shape {tuple(getattr(teacher_hidden, 'shape', ()))} must equal "
+                         f"student_hidden shape {tuple(student_hidden.shape)}")
+    if teacher_hidden is None and rlsd_coef > 0:
+        raise ValueError("rlsd_coef > 0 needs teacher_hidden")
+    if kl_coef != 0 and ref_logp is None:
+        raise ValueError("kl_coef != 0 needs ref_logp")
+    if labels.dim() < 1 and agg != "token-mean":
+        raise ValueError(f"agg={agg!r} needs labels with a token dimension")
+    h_s, y, valid, w, opts = _prepare(student_hidden, weight, labels, mask, temperature=temperature,
+                                      ignore_index=ignore_index, impl=impl, chunk_bytes=chunk_bytes,
+                                      hidden_name="student_hidden")
+    h_t = None
+    if teacher_hidden is not None:
+        _check_float("teacher_hidden", teacher_hidden)
+        if teacher_hidden.dtype != weight.dtype:
+            raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} must match weight dtype {weight.dtype}")
+        h_t = teacher_hidden.reshape(h_s.shape).contiguous()
+    shape = labels.shape
+    zero = torch.zeros_like(w)
+    # Excluded tokens get neutral inputs so that 0-weighted terms stay finite.
+    adv = torch.where(valid, _token_tensor("advantages", advantages, shape, allow_per_sequence=True), zero)
+    old = _token_tensor("old_logp", old_logp, shape)
+    ref = _token_tensor("ref_logp", ref_logp, shape)
+    old = None if old is None else torch.where(valid, old, zero)
+    ref = None if ref is None else torch.where(valid, ref, zero)
+    agg_w = losses.agg_weights(w.reshape(shape), agg, norm_len=norm_len).reshape(-1)
+    tok_w = losses.agg_weights(w, "token-mean")
+    hyper = dict(pg_coef=pg_coef, clip=clip, clip_high=clip_high, kl_coef=kl_coef, entropy_coef=entropy_coef,
+                 distill=distill, sdar_coef=sdar_coef, gate=gate, beta=beta, estimator=sdar_estimator,
+                 vocab_size=opts.vocab_size, rlsd_coef=rlsd_coef, max_log_ratio=max_log_ratio)
+
+    def objective(rows: slice, logp: Tensor, entropy: Tensor, teacher_logp: Tensor | None):
+        return losses.grpo_token_objective(
+            logp, entropy, advantages=adv[rows], agg_weight=agg_w[rows], distill_weight=tok_w[rows],
+            old_logp=None if old is None else old[rows], ref_logp=None if ref is None else ref[rows],
+            teacher_logp=teacher_logp, **hyper)
+
+    if opts.impl == "chunked" and not torch.compiler.is_compiling():
+        def coefficients(rows, logp, entropy, teacher_logp):
+            with torch.enable_grad():
+                lp = logp.detach().requires_grad_()
+                ent = entropy.detach().requires_grad_()
+                total = objective(rows, lp, ent, teacher_logp)[0].sum()
+                if not total.requires_grad:
+                    return total.detach(), torch.zeros_like(lp), None
+                a, b = torch.autograd.grad(total, [lp, ent], allow_unused=True)
+            return total.detach(), (torch.zeros_like(lp) if a is None else a), b
+
+        loss, logp, entropy, teacher_logp = FusedObjectiveFunction.apply(h_s, weight, y, valid, h_t,
+                                                                        coefficients, opts)
+        teacher_logp = teacher_logp if h_t is not None else None
+        with torch.no_grad():
+            _, terms = objective(slice(None), logp, entropy, teacher_logp)
+    else:
+        logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
+        per_token, terms = objective(slice(None), logp, entropy, teacher_logp)
+        loss = per_token.sum()
+    return loss, _grpo_metrics(terms, logp.detach(), entropy.detach(), teacher_logp, valid, agg_w, tok_w)
+
+
+def _grpo_metrics(terms: dict, logp: Tensor, entropy: Tensor, teacher_logp: Tensor | None, valid: Tensor,
+                  agg_w: Tensor, tok_w: Tensor) -> dict[str, Tensor]:
+    gap = terms["gap"]
+    mean = losses.masked_mean
+    metrics = {
+        "pg_loss": (agg_w * terms["pg"]).sum(),
+        "kl": (agg_w * terms["kl"]).sum(),
+        "entropy": (agg_w * entropy).sum(),
+        "sdar_loss": (tok_w * terms["distill"]).sum(),
+        "clip_frac": mean(terms["clipped"], valid),
+        "ratio_mean": mean(terms["ratio"], valid),
+        "logp_mean": mean(logp, valid),
+        "teacher_logp_mean": mean(teacher_logp if teacher_logp is not None else torch.zeros_like(logp), valid),
+        "gap_mean": mean(gap, valid),
+        "neg_gap_frac": mean(gap < 0, valid),
+        "gate_mean": mean(terms["gate"], valid),
+        "gate_pos_gap_mean": mean(terms["gate"], valid & (gap > 0)),
+        "gate_neg_gap_mean": mean(terms["gate"], valid & (gap < 0)),
+        "advantage_mean": mean(terms["advantages"], valid),
+    }
+    return {k: v.detach() for k, v in metrics.items()}

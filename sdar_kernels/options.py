@@ -1,0 +1,43 @@
+"""Valid option names and the frozen option dataclass that travels through the autograd layer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+IMPLS = ("auto", "triton", "chunked", "naive")
+GATES = ("gap", "entropy", "soft_or", "none")
+ESTIMATORS = ("sdar", "reverse_kl")
+REDUCTIONS = ("mean", "sum", "none")
+AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
+DISTILL_KINDS = ("sdar", "skill_sd", "none")
+
+#: Default byte budget for the fp32 temporaries of one token chunk of the chunked implementation.
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+
+
+def check_choice(arg: str, value: str, valid: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of ``valid``; otherwise raise a ValueError naming ``arg``."""
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"{arg}={value!r} is not valid; expected one of {', '.join(map(repr, valid))}")
+    return value
+
+
+@dataclass(frozen=True)
+class KernelOptions:
+    """Options of one fused log-prob call (everything the backend and the autograd layer need).
+
+    temperature: logits are ``hidden @ weight.T / temperature``.
+    ignore_index: label value of rows that contribute nothing.
+    vocab_start: first vocabulary id held by ``weight`` (0 unless the head is vocab-parallel).
+    vocab_size: size of the FULL vocabulary (normalises the entropy gate); ``weight.shape[0]`` when
+        the head is not split.
+    impl: the resolved implementation ("triton", "chunked" or "naive"; never "auto").
+    chunk_bytes: byte budget of one token chunk (chunked implementation only).
+    """
+
+    temperature: float = 1.0
+    ignore_index: int = -100
+    vocab_start: int = 0
+    vocab_size: int = 0
+    impl: str = "chunked"
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
