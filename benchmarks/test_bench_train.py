@@ -40,7 +40,6 @@ def embedded(tmp_path_factory):
 
 def _samples(model_dir, n_episodes=16, reply_len=12):
     """Turn-samples from expert episodes: real student/teacher prompts, random 12-token replies."""
-    from envs.prompts import with_skills  # noqa: F401  (teacher prompts are built by expert_episodes)
     from sdar.models import chat_prompt_ids, load_tokenizer
     from sdar.rollout import Sample
     from sdar.sft import expert_episodes

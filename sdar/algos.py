@@ -114,7 +114,8 @@ def token_objective(method: str, *, logp: torch.Tensor, entropy: torch.Tensor, a
                     mask: torch.Tensor, old_logp: torch.Tensor | None = None, teacher_logp: torch.Tensor | None = None,
                     ref_logp: torch.Tensor | None = None, lam: float = 0.0, gate: str = "gap", beta: float = 5.0,
                     clip: float = 0.2, agg: str = "token-mean", kl_coef: float = 0.0, entropy_coef: float = 0.0,
-                    step: int = 0, rlsd_decay_steps: int = 100, vocab_size: int | None = None) -> tuple[torch.Tensor, dict]:
+                    step: int = 0, rlsd_decay_steps: int = 100,
+                    vocab_size: int | None = None) -> tuple[torch.Tensor, dict]:
     """The per-token objective f (B, T) of ``method`` on log-probs, loss = Σ f — the log-prob level
     form of what the trainer computes through ``sdar_kernels`` on hidden states. PG, KL and entropy
     are weighted by ``agg``; the distillation term is a token mean (DESIGN §1)."""

@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-seeds", type=int, default=None, help="held-out tasks for before/after (default 200)")
     p.add_argument("--quick", action="store_true", help="a seconds-long version for tests (numbers meaningless)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default; 1 is faster on a busy CPU)")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch CPU threads (0: torch default; 1 is faster on a busy CPU)")
     return parser
 
 

@@ -53,7 +53,7 @@ class Config:
     max_turns: int = 12  # per-episode turn cap; 0 -> the env's published cap (household 50, shop 15, search 4)
     # --- method ---
     method: str = "sdar"  # grpo | sdar | grpo_opsd | opsd | skill_grpo | skill_sd | rlsd
-    coef: float | None = None  # λ of the distillation term; None -> method default (sdar 0.01, skill_sd 0.001, rlsd 0.5)
+    coef: float | None = None  # distillation λ; None -> method default (sdar 0.01, skill_sd 0.001, rlsd 0.5)
     gate: str = "gap"  # SDAR gate: gap (published) | entropy | soft_or | none (grpo_opsd forces none)
     beta: float = 5.0  # gate sharpness β (published 5)
     estimator: str = "sdar"  # sdar (published) | reverse_kl
@@ -286,5 +286,6 @@ def parse_config(argv: list[str] | None = None) -> Config:
     return config_from_args(parser.parse_args(argv))
 
 
-__all__ = ["AGG_MODES", "Config", "EvalConfig", "InitConfig", "SFTConfig", "DEFAULT_COEF", "ENGINES", "GATES", "METHODS", "TEACHER_METHODS",
+__all__ = ["AGG_MODES", "Config", "EvalConfig", "InitConfig", "SFTConfig", "DEFAULT_COEF", "ENGINES", "GATES",
+           "METHODS", "TEACHER_METHODS",
            "add_dataclass_args", "config_from_args", "parse_config"]

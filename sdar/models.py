@@ -62,11 +62,24 @@ def train_tokenizer(texts: list[str], *, vocab_size: int = 1024):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS + TAG_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    tok = _tags_not_special(tok)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|pad|>",
                                    bos_token=None, unk_token=None,
                                    additional_special_tokens=["<|endoftext|>", "<|im_start|>"])
     fast.chat_template = CHAT_TEMPLATE
     return fast
+
+
+def _tags_not_special(tok):
+    """Reply tags are single tokens but *not* special: ``decode(skip_special_tokens=True)`` (what the
+    engines return as text) must keep them, or no reply would parse."""
+    from tokenizers import Tokenizer
+
+    data = json.loads(tok.to_str())
+    for entry in data["added_tokens"]:
+        if entry["content"] in TAG_TOKENS:
+            entry["special"] = False
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def chat_prompt_ids(tokenizer, user_text: str) -> list[int]:

@@ -28,8 +28,8 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     rows = read_metrics(run_dir)
     panels = [p for p in PANELS if any(k in r for r in rows for k in p)]
     cols = 3
-    fig, axes = plt.subplots(max(math.ceil(len(panels) / cols), 1), cols, figsize=(4.2 * cols, 3 * math.ceil(len(panels) / cols)),
-                             squeeze=False)
+    n_rows = max(math.ceil(len(panels) / cols), 1)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3 * n_rows), squeeze=False)
     for ax, keys in zip(axes.flat, panels):
         for k in keys:
             pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float)) and not math.isnan(r[k])]

@@ -48,6 +48,38 @@ class Episode:
     samples: list[Sample] = field(default_factory=list)
 
 
+class _SharedTransitions:
+    """One episode's view of an environment whose transitions are memoised across the episodes of a
+    rollout: GRPO group members replay the same task, so identical (task seed, action prefix) pairs
+    are stepped once. Environments are deterministic given (seed, actions) (the envs contract), so
+    a memo hit returns exactly what stepping would have. On a miss the underlying environment is
+    brought to the episode's state (reset + replay of the actions it skipped), then stepped."""
+
+    def __init__(self, env, seed: int, memo: dict):
+        self.env, self.seed, self.memo = env, seed, memo
+        self.actions: list[str] = []
+        self.synced = -1  # actions the real env has executed since its last reset(seed); -1: not reset
+
+    def reset(self):
+        key = (self.seed,)
+        if key not in self.memo:
+            self.memo[key] = self.env.reset(self.seed)
+            self.synced = 0
+        return self.memo[key]
+
+    def step(self, action: str):
+        self.actions.append(action)
+        key = (self.seed, *self.actions)
+        if key not in self.memo:
+            if self.synced != len(self.actions) - 1:
+                self.env.reset(self.seed)
+                for a in self.actions[:-1]:
+                    self.env.step(a)
+            self.memo[key] = self.env.step(action)
+            self.synced = len(self.actions)
+        return self.memo[key]
+
+
 def env_action(env_name: str, reply) -> str:
     """The string the environment's ``step`` takes for a parsed reply (search: ``search[q]``/``answer[a]``)."""
     if reply.action is None:
@@ -76,10 +108,11 @@ def rollout(engine, tokenizer, env_pool: list, *, env_name: str, task_seeds: lis
     stops = _stop_ids(tokenizer)
     rng = random.Random(seed)  # sampling seeds
     skill_rng = random.Random(seed + 0x5EED)  # skill retrieval (kept apart: methods share sampling seeds)
-    episodes, state = [], []
+    episodes, state, memo = [], [], {}
+    pool = [_SharedTransitions(env_pool[i], task_seeds[i // group_size], memo) for i in range(n)]
     for i in range(n):
         g = i // group_size
-        obs, info = env_pool[i].reset(task_seeds[g])
+        obs, info = pool[i].reset()
         ep = Episode(group=g, task_seed=task_seeds[g], task=info["task"], task_type=info.get("task_type", ""))
         if teacher_skills or student_skills:
             ep.skills = envs.retrieve_skills(env_name, task=ep.task, task_type=ep.task_type, strategy=skill_strategy,
@@ -107,7 +140,7 @@ def rollout(engine, tokenizer, env_pool: list, *, env_name: str, task_seeds: lis
             st, ep = state[i], episodes[i]
             reply = envs.parse_reply(env_name, gen.text)
             action = env_action(env_name, reply)
-            obs, reward, done, info = env_pool[i].step(action)
+            obs, reward, done, info = pool[i].step(action)
             resp, lps = list(gen.token_ids), list(gen.logprobs)
             if gen.finish_reason == "stop" and getattr(gen, "stop_token_id", None) is not None:
                 resp.append(gen.stop_token_id)  # train on the stop token too (the policy learns to end)

@@ -32,7 +32,6 @@ value functions, reward models; the teacher is never run per mini-batch (θ_old 
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import time
@@ -171,7 +170,8 @@ def train(cfg: Config) -> dict:
     spec = method_spec(cfg.method)
     env_spec = envs.spec(cfg.env)
     max_turns = cfg.max_turns or env_spec.max_steps
-    pool = [envs.make(cfg.env, "train", cfg.env_seed, preset=cfg.preset) for _ in range(cfg.batch_tasks * cfg.group_size)]
+    pool = [envs.make(cfg.env, "train", cfg.env_seed, preset=cfg.preset)
+            for _ in range(cfg.batch_tasks * cfg.group_size)]
     max_prompt = cfg.max_model_len - cfg.max_new_tokens
     roll_kw = dict(env_name=cfg.env, group_size=cfg.group_size, max_turns=max_turns, temperature=cfg.temperature,
                    max_new_tokens=cfg.max_new_tokens, top_p=cfg.top_p, teacher_skills=spec.teacher,
@@ -253,6 +253,8 @@ def train(cfg: Config) -> dict:
     if bar is not None:
         bar.close()
     final = os.path.join(cfg.run_dir, "final")
+    if hasattr(model, "merge_and_unload"):  # LoRA: save merged weights so `sdar eval` loads a plain model
+        model = model.merge_and_unload()
     model.save_pretrained(final, safe_serialization=True)
     tok.save_pretrained(final)
     engine.close()

@@ -2,9 +2,8 @@
 
 ``LogprobFunction`` calls the backends only through ``row_stats`` and ``grad`` below, so a
 ``torch.compile``d step sees two opaque ops with fake (meta) implementations instead of tracing
-the chunk loop or a Triton launcher: no graph break (tested with the ``aot_eager`` backend).
-The chunked fused-objective path of ``grpo_sdar_loss`` takes a Python callback and is skipped
-while compiling (the op falls back to row_stats + grad, 5 GEMMs instead of 4).
+the tile loops or a Triton launcher: no graph break (tested with ``fullgraph=True`` and the
+``aot_eager`` backend, for fused_logprobs, sdar_loss and grpo_sdar_loss).
 """
 
 from __future__ import annotations

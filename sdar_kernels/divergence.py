@@ -145,6 +145,16 @@ def _row_mask(labels_or_mask: torch.Tensor, ignore_index: int) -> torch.Tensor:
     return m.detach().to(torch.float32)
 
 
+def _rows_without_grad(hs, ht, weight, opts: DivergenceOptions) -> torch.Tensor:
+    if opts.impl == "chunked":
+        from .divergence_chunked import chunked_divergence_pass
+
+        return chunked_divergence_pass(hs, ht, weight, opts)[0]
+    from .divergence_triton import triton_divergence_rows
+
+    return triton_divergence_rows(hs.contiguous(), ht.contiguous(), weight.contiguous(), opts)[0]
+
+
 def _run(student_hidden, teacher_hidden, weight, m, gate, opts: DivergenceOptions, reduction: str):
     """Shared body: per-row coefficients c_t, dispatch to the backend, reduction."""
     lead_shape = student_hidden.shape[:-1]
@@ -160,6 +170,11 @@ def _run(student_hidden, teacher_hidden, weight, m, gate, opts: DivergenceOption
         c = torch.where(denom > 0, c / denom.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(c))
     mode = "rows" if reduction == "none" else "sum"
     opts = replace(opts, mode=mode)
+    if opts.impl != "naive" and not (torch.is_grad_enabled() and (hs.requires_grad or weight.requires_grad)):
+        # Nothing to differentiate (no_grad / evaluation): the forward pass alone, no gradient work.
+        d = _rows_without_grad(hs, ht, weight, opts)  # (N,) fp32
+        rows = torch.where(c != 0, d * c, torch.zeros_like(d))
+        return rows.reshape(lead_shape) if mode == "rows" else rows.sum()
     if opts.impl == "naive":
         from .divergence_reference import naive_divergence_rows
 

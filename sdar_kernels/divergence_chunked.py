@@ -2,6 +2,8 @@
 
 Each chunk of n tokens stacks its student and teacher rows into one (2n, H) block, so one GEMM against
 W gives both sides' logits (W is streamed once per chunk). Only O(N) per-row results leave the chunk.
+A chunk holds its rows' full vocabulary (n × V, bounded by the byte budget), so JSD's two passes (the
+normalisers, then the mixture terms) are two sweeps over that in-memory block, not two GEMMs.
 
 Gradients w.r.t. the student logits z_S (per row; p = softmax(z), log-probs in nats):
 

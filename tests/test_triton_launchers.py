@@ -18,11 +18,17 @@ import pytest
 import torch
 
 if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+    os.environ["TRITON_INTERPRET"] = "1"
 
 triton = pytest.importorskip("triton", reason="triton is not installed")
 
 from sdar_kernels.ops import triton_logprobs as tk  # noqa: E402
+
+try:  # property tests need hypothesis (a dev dependency); the rest of the module does not
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    given = None
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16] + ([torch.float16] if DEVICE == "cuda" else [])
@@ -283,11 +289,12 @@ def test_grad_matches_fp64(case, dtype, with_entropy, strategy):
     dh, dw = tk.grad(h, w, y, to32(lse), to32(ent), to32(a), None if b is None else to32(b),
                      temperature=temp, vocab_start=vs, **STRATEGY_OPTIONS[strategy])
     # Reference from the fp32-rounded lse/entropy the kernel received.
-    lse32, ent32 = lse.float().double(), ent.float().double()
+    lse32, ent32 = lse.float().double().cpu(), ent.float().double().cpu()
     b64 = None if b is None else b.double()
-    dz = ref_dz(ref_logits(h, w, temp), y.cpu(), lse32, ent32, a, b64, vocab_start=vs)
-    rdh = dz @ w.double().cpu() / temp
-    rdw = dz.T @ h.double().cpu() / temp
+    hc, wc = h.cpu(), w.cpu()
+    dz = ref_dz(ref_logits(hc, wc, temp), y.cpu(), lse32, ent32, a, b64, vocab_start=vs)
+    rdh = dz @ wc.double() / temp
+    rdw = dz.T @ hc.double() / temp
     ndh, ndw = naive_grad(h, w, y, lse32, ent32, a, b64, temp, vs)
     assert dh.dtype == h.dtype and dh.shape == h.shape
     assert dw.dtype == torch.float32 and dw.shape == w.shape
@@ -359,8 +366,9 @@ def test_kernels_compile_for_hopper():
 
 @pytest.mark.requires_cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: the full Qwen3 vocabulary")
+@pytest.mark.parametrize("strategy", ["workspace", "atomic"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
-def test_large_vocabulary_on_gpu(dtype):
+def test_large_vocabulary_on_gpu(dtype, strategy):
     """V = 151,936 - 5 (not a multiple of any tile), H = 2048, two segments, a per-token gradient."""
     V, H = 151_936 - 5, 2048
     hs, w, ys = make_case((37, 29), V, H, dtype, seed=5, scale=4.0)
@@ -377,9 +385,67 @@ def test_large_vocabulary_on_gpu(dtype):
     a = torch.randn(h.shape[0], dtype=torch.float64, device=DEVICE)
     b = torch.randn(h.shape[0], dtype=torch.float64, device=DEVICE)
     a[0] = b[0] = 0.0
-    dh, dw = tk.grad(h, w, y, lse.float(), ent.float(), a.float(), b.float(), temperature=1.0)
+    dh, dw = tk.grad(h, w, y, lse.float(), ent.float(), a.float(), b.float(), temperature=1.0,
+                     strategy=strategy)
     lse32, ent32 = lse.float().double(), ent.float().double()
     dz = ref_dz(z, y, lse32, ent32, a, b)
     ndh, ndw = naive_grad(h, w, y, lse32.cpu(), ent32.cpu(), a.cpu(), b.cpu(), 1.0)
     assert_close_vs_naive(dh, dz @ w.double(), ndh, "dh")
     assert_close_vs_naive(dw, dz.T @ h.double(), ndw, "dW")
+
+
+def test_fp32_accumulation_fallbacks(monkeypatch):
+    """The workspace strategy's dW accumulation falls back until one way works (here: CPU has no kernel for
+    the mixed-dtype overloads, so it ends at fp32 copies) and still adds a @ b exactly once."""
+    monkeypatch.setattr(tk, "_MIXED_MODE", [0])
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn(9, 5, generator=g).bfloat16()
+    b = torch.randn(5, 7, generator=g).bfloat16()
+    out = torch.randn(9, 7, generator=g)
+    expect = out.double() + a.double() @ b.double()
+    tk._accumulate_fp32(out, a, b, native=True)
+    assert torch.allclose(out.double(), expect, atol=1e-5)
+    assert tk._MIXED_MODE[0] in (0, 1, 2)
+
+
+def _property_test(fn):
+    if given is None:
+        return pytest.mark.skip(reason="hypothesis is not installed")(fn)
+    return settings(max_examples=12, deadline=None, derandomize=True,
+                    suppress_health_check=list(HealthCheck))(given(
+        n0=st.integers(0, 20), n1=st.integers(0, 9), V=st.integers(1, 70), H=st.integers(1, 48),
+        vocab_start=st.integers(0, 5), temp=st.floats(0.25, 4.0), seed=st.integers(0, 2**16),
+        strategy=st.sampled_from(list(STRATEGY_OPTIONS)))(fn))
+
+
+@_property_test
+def test_launchers_property(n0, n1, V, H, vocab_start, temp, seed, strategy):
+    """Random shapes (empty segments, H < BLOCK_K, V < BLOCK_N), shards, temperatures and labels that fall
+    anywhere (inside, other shards, -100): row_stats and grad agree with the fp64 reference."""
+    g = torch.Generator().manual_seed(seed)
+    v_total = vocab_start + V + 3
+    w_full = torch.randn(v_total, H, generator=g) * 2 / math.sqrt(H)
+    hs = [torch.randn(n, H, generator=g) for n in (n0, n1)]
+    ys = [torch.randint(-1, v_total + 2, (n,), generator=g) for n in (n0, n1)]
+    ys = [torch.where(y < 0, torch.full_like(y, -100), y) for y in ys]
+    w = w_full[vocab_start:vocab_start + V]
+    dev = lambda x: x.to(DEVICE)  # noqa: E731
+    m, s, t, zy = tk.row_stats([dev(h) for h in hs], dev(w), [dev(y) for y in ys], temperature=temp,
+                               vocab_start=vocab_start)
+    refs = [ref_stats(h, w, y, temp, vocab_start) for h, y in zip(hs, ys)]
+    for i, (out, what) in enumerate(((m, "m"), (s, "s"), (t, "t"), (zy, "zy"))):
+        assert_close(out, torch.cat([r[i] for r in refs]), 1e-5, what)
+    if n0 == 0:
+        return
+    h, y = hs[0], ys[0]
+    z_full = ref_logits(h, w_full, temp)
+    lse = torch.logsumexp(z_full, dim=1).float().double()
+    ent = (lse - (torch.softmax(z_full, dim=1) * z_full).sum(dim=1)).float().double()
+    a = torch.randn(n0, generator=g, dtype=torch.float64)
+    b = torch.randn(n0, generator=g, dtype=torch.float64)
+    dh, dw = tk.grad(dev(h), dev(w), dev(y), dev(lse.float()), dev(ent.float()), dev(a.float()), dev(b.float()),
+                     temperature=temp, vocab_start=vocab_start, **STRATEGY_OPTIONS[strategy])
+    dz = ref_dz(ref_logits(h, w, temp), y, lse, ent, a, b, vocab_start)
+    ndh, ndw = naive_grad(h, w, y, lse, ent, a, b, temp, vocab_start)
+    assert_close_vs_naive(dh, dz @ w.double() / temp, ndh, "dh")
+    assert_close_vs_naive(dw, dz.T @ h.double() / temp, ndw, "dW")

@@ -126,6 +126,11 @@ def cce(hs, ht, w, y):
 _CACHE: dict = {}
 
 
+def _first_line(exc: BaseException, limit: int) -> str:
+    lines = str(exc).splitlines()
+    return (lines[0] if lines else "")[:limit]
+
+
 def _cached(key, make):
     if key not in _CACHE:
         _CACHE[key] = make()
@@ -179,7 +184,7 @@ def smoke(vocab=300, h=32, n=64) -> int:
             print(f"smoke {name}: {'ok' if ok else 'NO GRADIENT'}")
             failures += not ok
         except Exception as exc:
-            print(f"smoke {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:150]}")
+            print(f"smoke {name}: {type(exc).__name__}: {_first_line(exc, 150)}")
     return 1 if failures else 0
 
 
@@ -227,6 +232,27 @@ def machine_rates():
     return tflops, tbps
 
 
+def write_results(rows, info, out: Path, stem: str) -> str:
+    """JSON (machine + rows) and a Markdown table under ``out``; returns the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(dict(machine=info, rows=rows), indent=1))
+    md = [f"## SDAR loss on {info['device']} (bf16, V = {VOCAB:,}, N student + N teacher)", "",
+          f"torch {info['torch']}, triton {info['triton']}; measured bf16 matmul {info['matmul_tflops']:.0f} "
+          f"TFLOP/s, copy {info['copy_tbps']:.2f} TB/s; floor = 10·N·H·V at the measured rate; "
+          "backward = full - forward; peak extra = max allocated minus inputs and returned gradients.", "",
+          "| provider | H | N | forward ms | backward ms | full ms | % of floor | peak extra MiB |",
+          "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            md.append(f"| {r['provider']} | {r['H']} | {r['N']} | {r['error']} | | | | |")
+        else:
+            md.append(f"| {r['provider']} | {r['H']} | {r['N']} | {r['forward_ms']:.1f} | {r['backward_ms']:.1f} | "
+                      f"{r['full_ms']:.1f} | {r['pct_of_floor']:.0f} | {r['peak_extra_mib']:.0f} |")
+    text = "\n".join(md) + "\n"
+    (out / f"{stem}.md").write_text(text)
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", choices=sorted(SETS), default="quick")
@@ -263,27 +289,12 @@ def main(argv=None) -> int:
                     row.update(measure(provider, h, n, args.reps, args.warmup))
                     row["pct_of_floor"] = 100.0 * floor_ms / row["full_ms"]
                 except Exception as exc:  # one failing provider must not stop the table
-                    row["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+                    row["error"] = f"{type(exc).__name__}: {_first_line(exc, 120)}"
                 torch.cuda.empty_cache()
             rows.append(row)
             print(json.dumps(row), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"gpu_{args.set}"
-    (args.out / f"{stem}.json").write_text(json.dumps(dict(machine=info, rows=rows), indent=1))
-    md = [f"## SDAR loss on {info['device']} (bf16, V = {VOCAB:,}, N student + N teacher)", "",
-          f"torch {info['torch']}, triton {info['triton']}; measured bf16 matmul {tflops:.0f} TFLOP/s, "
-          f"copy {tbps:.2f} TB/s; floor = 10·N·H·V at the measured rate; backward = full - forward.", "",
-          "| provider | H | N | forward ms | backward ms | full ms | % of floor | peak extra MiB |",
-          "|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if "error" in r:
-            md.append(f"| {r['provider']} | {r['H']} | {r['N']} | {r['error']} | | | | |")
-        else:
-            md.append(f"| {r['provider']} | {r['H']} | {r['N']} | {r['forward_ms']:.1f} | {r['backward_ms']:.1f} | "
-                      f"{r['full_ms']:.1f} | {r['pct_of_floor']:.0f} | {r['peak_extra_mib']:.0f} |")
-    text = "\n".join(md) + "\n"
-    (args.out / f"{stem}.md").write_text(text)
-    print(text)
+            write_results(rows, info, args.out, f"gpu_{args.set}")  # keep what is done if killed later
+    print(write_results(rows, info, args.out, f"gpu_{args.set}"))
     return 0
 
 

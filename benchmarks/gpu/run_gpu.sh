@@ -42,8 +42,9 @@ test_rc=${PIPESTATUS[0]}
 echo "== GPU tests exit code: $test_rc"
 
 echo "== GPU benchmark (set ${SET:-quick})"
-timeout "${BENCH_TIMEOUT:-300}" python3 benchmarks/gpu/bench_gpu.py --set "${SET:-quick}" --out "$RESULTS" \
-  ${BENCH_ARGS:-} 2>&1 | tee "$RESULTS/gpu_bench.log" | grep -v '^{'
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-300}
+timeout "$BENCH_TIMEOUT" python3 benchmarks/gpu/bench_gpu.py --set "${SET:-quick}" --out "$RESULTS" \
+  --budget-s $(( BENCH_TIMEOUT > 120 ? BENCH_TIMEOUT - 60 : BENCH_TIMEOUT / 2 )) ${BENCH_ARGS:-} 2>&1 | tee "$RESULTS/gpu_bench.log" | grep -v '^{'
 bench_rc=${PIPESTATUS[0]}
 python3 benchmarks/gpu/floors.py --out "$RESULTS/floors.md" >/dev/null
 echo "== done: tests rc=$test_rc, bench rc=$bench_rc; results in $RESULTS"

@@ -6,11 +6,15 @@ renders feedback and the admissible commands) wrapped by ALFWorld's ``AlfredDema
 "cabinet 3"), with the planner expert (``expert_type="planner"``: ``policy_commands`` = a fresh
 fast-downward plan from the current state). Unknown commands answer "Nothing happens.".
 
-Two costs are trimmed without changing behaviour:
-- the planner is asked only when ``plan()`` is called (the expert wrapper re-plans after every step);
-- fast-downward's PDDL→SAS translation and the grammar parse are memoised per exact input (small
-  LRUs), so replaying a game (GRPO groups share a seed) or resetting it skips them. ``fast_downward.pddl2sas`` also
-  overwrites ``sys.argv``; it is restored after every call.
+Costs trimmed without changing what the engine says (the text and commands are the engine's own):
+- the planner is asked only when ``plan()`` is called (ALFWorld's expert wrapper re-plans every step);
+- fast-downward's PDDL→SAS translation and the grammar parse (``GameLogic``) are memoised per exact
+  input (small LRUs), so replaying a game (GRPO groups share a seed) skips them; a game whose grammar
+  is the shipped ``alfred.twl2`` with its goal sentence filled in reuses one parse of the template;
+- TatSu parses of grammar fragments and fact queries (the same template strings at every step) are
+  memoised for the duration of each engine call (about half of a step's time).
+These memoisations swap module attributes of textworld / fast_downward only inside an engine call,
+under a lock. ``fast_downward.pddl2sas`` also overwrites ``sys.argv``; it is restored after each call.
 """
 from __future__ import annotations
 
@@ -74,7 +78,8 @@ def _lru(cache: collections.OrderedDict, key: Any, build) -> Any:
 def _memoised_translation():
     """While the engine loads/resets a game, route fast-downward's PDDL→SAS translation and the
     grammar parse (``GameLogic``) through small LRUs keyed by their exact inputs."""
-    original, original_logic, argv = fast_downward.pddl2sas, pddl_logic.GameLogic, list(sys.argv)
+    original, original_logic = fast_downward.pddl2sas, pddl_logic.GameLogic
+    argv, argv_items = sys.argv, list(sys.argv)
 
     def pddl2sas(domain: str, problem: str, verbose: bool = False, optimize: bool = False):
         return _lru(_TRANSLATIONS, (hash(domain), problem, optimize),
@@ -90,7 +95,8 @@ def _memoised_translation():
                 yield
         finally:
             fast_downward.pddl2sas, pddl_logic.GameLogic = original, original_logic
-            sys.argv[:] = argv
+            argv[:] = argv_items
+            sys.argv = argv
 
 
 _SAFE_SENTENCE = re.compile(r"[^\"\\#\[\]{}|\n]*")

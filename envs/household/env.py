@@ -8,6 +8,10 @@ from envs.base import Env, EnvSpec
 from envs.household import scenes
 from envs.household.engine import AlfredEngine, game_data
 
+# ALFWorld's engine lists "help" (a meta command printing the command list) among the admissible
+# commands; like the public agentic-RL ALFWorld wrappers we leave it out of the list (it still works).
+_HIDDEN_COMMANDS = frozenset({"help"})
+
 SPEC = EnvSpec(name="household", max_steps=50, history_turns=2, format_penalty=0.1, success_reward=10.0,
                task_types=scenes.TASK_TYPES)
 
@@ -49,7 +53,8 @@ class AlfredGameEnv(Env):
             raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
         game, self._task, self._task_type, self.game_info = self._draw(seed)
         self._engine.load(game)
-        self._obs, self._admissible, self._won = self._engine.reset()
+        self._obs, admissible, self._won = self._engine.reset()
+        self._admissible = [a for a in admissible if a not in _HIDDEN_COMMANDS]
         self._steps, self._done = 0, self._won
         return self._obs, self._info()
 
@@ -62,7 +67,8 @@ class AlfredGameEnv(Env):
             raise TypeError(f"action: expected str, got {type(action).__name__}")
         if self._done:
             return self._obs, 0.0, True, self._info()
-        self._obs, self._admissible, won = self._engine.step(action)
+        self._obs, admissible, won = self._engine.step(action)
+        self._admissible = [a for a in admissible if a not in _HIDDEN_COMMANDS]
         self._steps += 1
         reward = self.spec.success_reward if won and not self._won else 0.0
         self._won = won

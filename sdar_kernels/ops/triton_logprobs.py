@@ -584,18 +584,25 @@ def _grad_workspace(hidden, weight, labels, coeffs, has_b, temperature, vocab_st
 
 
 def _accumulate_fp32(out: Tensor, a: Tensor, b: Tensor, native: bool) -> None:
-    """out (fp32) += a @ b for bf16/fp16/fp32 a, b, accumulating in fp32 without an [M, N] temporary."""
+    """out (fp32) += a @ b for bf16/fp16/fp32 a, b, accumulating in fp32.
+
+    On CUDA with half inputs, in order of preference: cuBLAS straight into the fp32 output (addmm with
+    out_dtype, no temporary); an fp32-output product then an add (an [M, N] fp32 temporary); fp32 copies of
+    the operands (slow fp32 GEMM). The first that works is remembered."""
     if a.dtype == torch.float32 and b.dtype == torch.float32:
         out.addmm_(a, b)
-    elif native and _MIXED_ADDMM[0]:
-        try:
-            torch.ops.aten.addmm.dtype_out(out, a, b, torch.float32, out=out)
-            return
-        except (RuntimeError, NotImplementedError):  # older torch / no kernel: fp32 copies of the chunk
-            _MIXED_ADDMM[0] = False
-        out.addmm_(a.float(), b.float())
-    else:
-        out.addmm_(a.float(), b.float())
+        return
+    if native:
+        while _MIXED_MODE[0] < 2:
+            try:
+                if _MIXED_MODE[0] == 0:
+                    torch.ops.aten.addmm.dtype_out(out, a, b, torch.float32, out=out)
+                else:
+                    out.add_(torch.ops.aten.mm.dtype(a, b, torch.float32))
+                return
+            except (RuntimeError, NotImplementedError, TypeError):  # no such kernel in this torch
+                _MIXED_MODE[0] += 1
+    out.addmm_(a.float(), b.float())
 
 
-_MIXED_ADDMM = [True]  # whether addmm with bf16/fp16 inputs and an fp32 output works here (CUDA)
+_MIXED_MODE = [0]  # CUDA half-input fp32 accumulation: 0 addmm out_dtype, 1 mm out_dtype + add, 2 fp32 copies
