@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # ----------------------------------------------------------------------------- the README main job
 #: The demo's budget on a 2-core CPU (measured; see the README).
-DEMO = dict(init_episodes=150, sft_episodes=300, sft_epochs=3, steps=40, batch_tasks=4, group_size=8,
+DEMO = dict(init_episodes=150, sft_episodes=600, sft_epochs=4, steps=30, batch_tasks=4, group_size=8,
             max_turns=10, eval_seeds=200)
 QUICK = dict(init_episodes=8, sft_episodes=8, sft_epochs=1, steps=2, batch_tasks=2, group_size=2, max_turns=3,
              eval_seeds=4)

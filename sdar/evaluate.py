@@ -78,7 +78,15 @@ def run_eval(cfg) -> dict:
     model_dir = cfg.model_dir
     if os.path.isdir(os.path.join(model_dir, "final")):
         model_dir = os.path.join(model_dir, "final")
-    model, tok = load_model(model_dir, device=cfg.device, dtype=cfg.dtype, train=False)
+    if os.path.exists(os.path.join(model_dir, "state.json")):  # a training checkpoint: its run's base model + weights
+        from safetensors.torch import load_model as load_weights
+
+        with open(os.path.join(model_dir, "state.json")) as f:
+            base = json.load(f)["config"]["model_dir"]
+        model, tok = load_model(base, device=cfg.device, dtype=cfg.dtype, train=False)
+        load_weights(model, os.path.join(model_dir, "model.safetensors"))
+    else:
+        model, tok = load_model(model_dir, device=cfg.device, dtype=cfg.dtype, train=False)
     result = evaluate_model(model, tok, engine_kind=cfg.engine, model_dir=model_dir, env_name=cfg.env,
                             preset=cfg.preset, env_seed=cfg.env_seed, split=cfg.split, n_seeds=cfg.seeds,
                             max_turns=cfg.max_turns, temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,

@@ -27,7 +27,7 @@ from .options import DEFAULT_CHUNK_BYTES
 from .stats import merge_pair
 
 _TEMPS = 3        # fp32 [rows, tile] temporaries alive at once (logits, exp/probabilities, slack)
-_MIN_TILE = 512   # narrowest vocabulary tile before the row block is shortened instead
+_MIN_TILE = 4096  # narrowest vocabulary tile before the row block is shortened (GEMM efficiency)
 
 
 def tile_shape(rows: int, vocab: int, chunk_bytes: int) -> tuple[int, int]:

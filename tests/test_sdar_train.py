@@ -98,21 +98,22 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tiny_model, tmp_path):
     from sdar.cli import main
 
     assert main(_cmd(tiny_model, straight, steps)[3:]) == 0  # the uninterrupted run, in this process
-    proc = subprocess.Popen(_cmd(tiny_model, killed, steps), env=_env(), cwd=REPO, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = open(tmp_path / "killed.log", "w")
+    proc = subprocess.Popen(_cmd(tiny_model, killed, steps), env=_env(), cwd=REPO, stdout=log, stderr=log)
     metrics = os.path.join(killed, "metrics.jsonl")
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(metrics) and sum(1 for _ in open(metrics)) >= 2:
             break
         time.sleep(0.02)
-    assert proc.poll() is None, "the run finished before it could be killed"
+    assert proc.poll() is None, "the run ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = len(_lines(killed))
     assert done_before < steps
-    subprocess.run(_cmd(tiny_model, killed, steps, "--resume"), check=True, env=_env(), cwd=REPO,
-                   capture_output=True)
+    resumed = subprocess.run(_cmd(tiny_model, killed, steps, "--resume"), env=_env(), cwd=REPO, capture_output=True,
+                             text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = _lines(straight), _lines(killed)
     assert [x["step"] for x in b] == list(range(1, steps + 1))  # no gaps, no duplicates
     for x, y in zip(a, b):

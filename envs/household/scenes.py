@@ -272,8 +272,8 @@ def generate(seed: int, split: str, index: int, *, task_types: tuple[str, ...],
     instances = [(rtype, f"{rtype}|{i:02d}") for i, rtype in enumerate(room.receptacles)]
     room_rng.shuffle(instances)
 
-    # Keep the receptacles the goal needs, then fill up to the drawn size (surplus cabinets, drawers,
-    # shelves go first when a room is larger than the draw, as every type keeps one instance if it can).
+    # Keep the receptacles the goal needs, then fill up to the drawn size, new receptacle types before
+    # repeated instances: a room cut below its layout's size loses surplus cabinets/drawers/shelves first.
     needed = {goal.parent, _APPLIANCE.get(goal.task_type, "")} - {""}
     lamp_holder = ""
     if goal.task_type == "look_at_obj_in_light":
@@ -326,7 +326,7 @@ def generate(seed: int, split: str, index: int, *, task_types: tuple[str, ...],
     elif room.has_lamp and objects[1] >= 5 and rtypes_present & set(LAMP_HOLDERS):
         add(LAMP, rtypes_present - set(LAMP_HOLDERS), _LAMP_PRIOR)
     others = [o for o in room.objects if o != goal.obj]
-    for _ in range(_draw(rng, objects)):
+    for _ in range(_draw(rng, objects)):  # a distractor with no fitting receptacle in the room is dropped
         if others:
             add(rng.choice(others), set())
 
