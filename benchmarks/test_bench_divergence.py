@@ -178,6 +178,8 @@ def _write_results() -> None:
         base = naive.get((r["workload"], r["mode"]))
         if base and r.get("time_s") and base.get("time_s"):
             r["time_vs_naive"] = r["time_s"] / base["time_s"]
+        if base and r.get("cpu_s") and base.get("cpu_s"):
+            r["cpu_vs_naive"] = r["cpu_s"] / base["cpu_s"]
         if base and r.get("peak_extra_mib") is not None and base.get("peak_extra_mib"):
             r["mem_vs_naive"] = r["peak_extra_mib"] / base["peak_extra_mib"]
     meta = dict(set=SET, device=DEVICE.type, shape=SHAPE, rounds=ROUNDS,
@@ -193,16 +195,19 @@ def _write_results() -> None:
              f"Measured {meta['date_utc']} UTC, `pytest benchmarks/test_bench_divergence.py` ({ROUNDS} timed "
              "rounds, median). full = forward + backward; forward keeps the graph alive. Peak extra memory: "
              "CPU — fresh process, VmHWM − RSS before the op (gradients included); CUDA — max_memory_allocated "
-             "− allocated before. Ratios against `naive` of the same workload and mode.", "",
-             "| workload | mode | provider | time (s) | × naive | peak extra (MiB) | × naive | note |",
-             "|---|---|---|---|---|---|---|---|"]
+             "− allocated before. Ratios against `naive` of the same workload and mode. CPU s = the "
+             "process's CPU time (all threads, min over rounds): on a shared machine wall time swings with "
+             "other jobs' load, CPU time much less.", "",
+             "| workload | mode | provider | wall (s) | × naive | CPU (s) | × naive | peak extra (MiB) | × naive | note |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
 
     def fmt(v, spec):
         return format(v, spec) if isinstance(v, (int, float)) else "–"
 
     for r in sorted(_RECORDS, key=lambda r: (r["workload"], r["mode"], r["provider"])):
         lines.append(f"| {r['workload']} | {r['mode']} | {r['provider']} | {fmt(r.get('time_s'), '.3f')} | "
-                     f"{fmt(r.get('time_vs_naive'), '.2f')} | {fmt(r.get('peak_extra_mib'), '.0f')} | "
+                     f"{fmt(r.get('time_vs_naive'), '.2f')} | {fmt(r.get('cpu_s'), '.2f')} | "
+                     f"{fmt(r.get('cpu_vs_naive'), '.2f')} | {fmt(r.get('peak_extra_mib'), '.0f')} | "
                      f"{fmt(r.get('mem_vs_naive'), '.3f')} | {r.get('note', '')} |")
     with open(stem + ".md", "w") as f:
         f.write("\n".join(lines) + "\n")
@@ -249,14 +254,20 @@ def test_divergence(benchmark, inputs, workload, provider, mode):
         x["student"].grad = None
         x["weight"].grad = None
 
+    cpu_times: list[float] = []
+
     def once():
+        t0 = time.process_time()
         run_case(workload, provider, mode, x)
         if DEVICE.type == "cuda":
             torch.cuda.synchronize()
+        cpu_times.append(time.process_time() - t0)
 
     # no warm-up round: the same-work check above already ran every code path of this provider once
     benchmark.pedantic(once, setup=clear, rounds=ROUNDS, iterations=1, warmup_rounds=0)
     record["time_s"] = benchmark.stats.stats.median
+    record["time_min_s"] = benchmark.stats.stats.min
+    record["cpu_s"] = min(cpu_times)  # CPU seconds of this process (all threads): robust to a shared machine
     clear()
     if DEVICE.type == "cuda":
         record["peak_extra_mib"] = measure_cuda(workload, provider, mode, x) / MIB

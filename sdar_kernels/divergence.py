@@ -37,12 +37,15 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .options import DEFAULT_CHUNK_BYTES, IMPLS, REDUCTIONS, check_choice
+from .options import IMPLS, REDUCTIONS, check_choice
 
 DIVERGENCE_KINDS = ("reverse_kl", "forward_kl", "jsd")
 #: ``sdar_loss`` estimator name → divergence kind (for the integration in ``interface.py``).
 ESTIMATOR_TO_KIND = {"full_reverse_kl": "reverse_kl", "full_forward_kl": "forward_kl", "jsd": "jsd"}
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+#: Default byte budget of one token chunk's temporaries (chunked): both sides' logits of a chunk plus
+#: its (n, V) temporaries; 32 MiB keeps the op's extra memory near dW + dh on the CPU benchmark set.
+DEFAULT_CHUNK_BYTES = 32 * 2**20
 
 
 @dataclass(frozen=True)

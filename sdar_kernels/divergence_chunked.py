@@ -40,9 +40,9 @@ import torch
 
 from .divergence import DivergenceOptions
 
-#: fp32 values held per (token, vocabulary entry) of a chunk: student + teacher logits / log-probs,
-#: logsumexp's temporary, probabilities and the gradient temporaries (8 × 4 bytes).
-_BYTES_PER_TOKEN_ENTRY = 32
+#: Bytes held per (token, vocabulary entry) of a chunk: the student and teacher logits (turned into
+#: log-probs in place) plus at most four (n, V) fp32 temporaries (exp for the normaliser, log M, p, …).
+_BYTES_PER_TOKEN_ENTRY = 24
 
 
 def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -112,9 +112,12 @@ def chunked_divergence_pass(hs: torch.Tensor, ht: torch.Tensor, weight: torch.Te
         if top_k is not None:
             idx = z[n:].topk(top_k, dim=-1).indices  # (n, k) teacher's top-k set, no gradient
             z = torch.cat([z[:n].gather(1, idx), z[n:].gather(1, idx)])  # (2n, k)
-        # log-probs of both sides as (z − max) − log Σ e^{z − max}: near-max entries keep full precision
-        # (z − lse with a rounded lse loses |lse|·eps, which matters for large or very negative logits).
-        z = torch.log_softmax(z, dim=-1)
+        # log-probs of both sides, in place, one side at a time (one (n, V) temporary), as
+        # (z − max) − log Σ e^{z − max}: near-max entries keep full precision (z − lse with a rounded
+        # lse loses |lse|·eps, which matters for large or very negative logits).
+        for side in (z[:n], z[n:]):
+            side.sub_(side.amax(dim=-1, keepdim=True))
+            side.sub_(side.exp().sum(dim=-1, keepdim=True).log_())
         d, g = _terms(z[:n], z[n:], opts.kind, opts.beta, want_grad)
         d_out[a:b] = d
         if not want_grad:

@@ -239,10 +239,10 @@ def test_masks_and_fully_masked(kind, impl):
     labels[0, 2] = labels[1, 4] = 7
     compare(impl, hs, ht, w, labels, 1e-5, kind=kind, reduction="mean", ignore_index=7)
     # every row masked → 0, zero gradients, no NaN
-    for lm in (torch.zeros(2, 5, dtype=torch.bool), torch.full((2, 5), -100)):
-        for reduction in ("mean", "sum", "none"):
-            val, dh, dw = run(impl, hs, ht, w, lm, kind=kind, reduction=reduction)
-            assert (val == 0).all() and (dh == 0).all() and (dw == 0).all()
+    for lm, reduction in ((torch.zeros(2, 5, dtype=torch.bool), "mean"), (torch.full((2, 5), -100), "sum"),
+                          (torch.zeros(2, 5), "none")):
+        val, dh, dw = run(impl, hs, ht, w, lm, kind=kind, reduction=reduction)
+        assert (val == 0).all() and (dh == 0).all() and (dw == 0).all()
 
 
 @pytest.mark.parametrize("impl", IMPLS)
@@ -352,6 +352,7 @@ def test_bad_input_errors_name_the_argument():
 
 
 # ----------------------------------------------------------------------------------------------- property
+@pytest.mark.slow
 def test_property_random_shapes_agree_with_reference():
     """hypothesis: random shapes, kinds, β, τ and masks; every impl agrees with the fp64 reference."""
     from hypothesis import given, settings

@@ -22,11 +22,13 @@ transformers = pytest.importorskip("transformers")
 
 from sdar_kernels.integrations import SDARConfig, with_teacher_context  # noqa: E402
 from sdar_kernels.integrations.trl import SDARGRPOTrainer  # noqa: E402
+from sdar_kernels.integrations.verl import VerlSDAR  # noqa: E402
 
 HIDDEN = 64
 PROMPTS = ["w5 w6 w7", "w8 w9", "w10 w11 w12 w13", "w14"]
 SKILLS = ["w20 w21", "w22", "", "w23 w24 w25"]  # one empty context: teacher prompt == student prompt
 TEMPLATE_WORDS = ["[", "]", "Privileged", "Skill", "Information"]
+CHUNK_BYTES = 192 * 1024  # fp32 tile budget of the memory test: 48k elements, < tokens × V at both V
 
 
 def _tokenizer(vocab_size: int):
@@ -103,7 +105,7 @@ def _full_logits_logp(model, ids, steps):
 def test_logprobs_and_sdar_loss_match_full_logits(trained):
     trainer, tokenizer, _ = trained
     model = trainer.model
-    rows = [{"prompt": p, "skills": s} for p, s in zip(PROMPTS, SKILLS) for _ in range(1)]
+    rows = [{"prompt": p, "skills": s} for p, s in zip(PROMPTS, SKILLS)]
     inputs = trainer._generate_and_score_completions(rows)
     loss = trainer._compute_loss(model, inputs)
     out = trainer.last_sdar_output
@@ -139,6 +141,69 @@ def test_logprobs_and_sdar_loss_match_full_logits(trained):
     torch.testing.assert_close((loss - loss_grpo).double(), share, atol=2e-5, rtol=0)
 
 
+def _left_padded(rows, width):
+    ids = torch.zeros((len(rows), width), dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):], mask[i, width - len(r):] = torch.tensor(r), 1
+    return ids, mask
+
+
+def test_verl_helper_matches_full_logits(trained):
+    """VerlSDAR on verl's padded micro-batch layout: log-probs, entropies, the wrapped policy loss."""
+    trainer, tokenizer, _ = trained
+    model = VerlSDAR.patch(trainer.model)
+    responses = torch.tensor([[30, 31, 1], [40, 1, 0]])  # row 1: last position is padding
+    response_mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    batch = {"responses": responses, "response_mask": response_mask}
+    students = [tokenizer(p)["input_ids"] for p in PROMPTS[:2]]
+    teachers = [tokenizer(with_teacher_context(p, s))["input_ids"] for p, s in zip(PROMPTS[:2], SKILLS[:2])]
+    for prefix, prompts in (("", students), ("teacher_", teachers)):
+        ids, mask = _left_padded(prompts, max(map(len, prompts)))
+        mask = torch.cat([mask, response_mask], 1)
+        batch[prefix + "input_ids"] = torch.cat([ids, responses], 1)
+        batch[prefix + "attention_mask"] = mask
+        batch[prefix + "position_ids"] = (mask.cumsum(1) - 1).clamp(min=0)
+    hook = VerlSDAR(SDARConfig(coef=0.5))
+    out = hook.forward_micro_batch(model, batch, temperature=1.0, calculate_entropy=True)
+    assert out["log_probs"].requires_grad and out["entropys"].requires_grad  # entropy bonus path keeps grads
+    ref_s, ref_t, ref_h = (torch.zeros(2, 3, dtype=torch.float64) for _ in range(3))
+    with torch.no_grad():
+        for i in range(2):
+            n = int(response_mask[i].sum())
+            for prompt, ref in ((students[i], ref_s), (teachers[i], ref_t)):
+                ids = torch.tensor(prompt + responses[i, :n].tolist())
+                ref[i, :n] = _full_logits_logp(model, ids, n)
+            logits = model(input_ids=torch.tensor(students[i] + responses[i, :n].tolist())[None]).logits
+            logp_all = logits[0, -n - 1:-1].double().log_softmax(-1)
+            ref_h[i, :n] = -(logp_all.exp() * logp_all).sum(-1)
+    torch.testing.assert_close(out["log_probs"].detach().double(), ref_s, atol=2e-5, rtol=0)
+    torch.testing.assert_close(out["entropys"].detach().double(), ref_h, atol=2e-5, rtol=0)
+    valid = response_mask.bool()
+    gap = ref_t - ref_s
+    sdar_ref = (torch.sigmoid(5.0 * gap) * gap)[valid].mean()
+    loss, metrics = hook.wrap_policy_loss(lambda **kw: (torch.tensor(1.0, dtype=torch.float64), {"pg": 1.0}))()
+    torch.testing.assert_close(loss, 1.0 + 0.5 * sdar_ref, atol=2e-5, rtol=0)
+    assert metrics["pg"] == 1.0
+    assert metrics["actor/sdar_neg_gap_frac"] == pytest.approx(float((gap[valid] < 0).double().mean()))
+    with torch.no_grad():  # old-log-prob pass: no teacher, nothing left pending
+        hook.forward_micro_batch(model, batch, temperature=1.0)
+    assert hook.wrap_policy_loss(lambda **kw: (torch.tensor(2.0), {}))()[0] == 2.0
+
+
+def test_verl_keep_teacher_keys():
+    class Proto:  # the two DataProto members keep_teacher_keys relies on
+        def __init__(self, batch):
+            self.batch = batch
+
+        def select(self, batch_keys=None, non_tensor_batch_keys=None):
+            return Proto({k: self.batch[k] for k in batch_keys})
+
+    keys = ("input_ids", "teacher_input_ids", "teacher_attention_mask", "teacher_position_ids", "other")
+    data = VerlSDAR.keep_teacher_keys(Proto({k: torch.zeros(1) for k in keys}))
+    assert sorted(data.select(batch_keys=["input_ids"]).batch) == sorted(keys[:4])
+
+
 class _LargestOutputs(TorchDispatchMode):
     """Records the element count of every newly allocated op output (views and in-place results skipped)."""
 
@@ -156,31 +221,29 @@ class _LargestOutputs(TorchDispatchMode):
         return result
 
 
-def _loss_allocations(tmp_path, vocab, impl):
-    """Largest allocation (elements) of one SDAR loss forward + backward, weight-shaped gradients excluded."""
+def _loss_allocations(tmp_path, vocab, impls):
+    """Per impl: largest allocation (elements) of one SDAR loss forward + backward on the same batch,
+    weight-shaped (V, H) gradients excluded; and the number of completion tokens."""
     path, tokenizer = _setup(tmp_path / f"m{vocab}", vocab)
-    # 192 KiB of fp32 tile temporaries: vocabulary tiles of 4096 columns, so both V below are tiled.
-    trainer = _trainer(path, tokenizer, tmp_path / f"o{vocab}",
-                       sdar_config=SDARConfig(coef=1.0, impl=impl, chunk_bytes=3 * 4 * 4096 * 4), max_steps=1)
+    trainer = _trainer(path, tokenizer, tmp_path / f"o{vocab}", sdar_config=SDARConfig(coef=1.0), max_steps=1)
     trainer.current_gradient_accumulation_steps = 1
-    rows = [{"prompt": p, "skills": s} for p, s in zip(PROMPTS, SKILLS)]
-    inputs = trainer._generate_and_score_completions(rows)
-    probe = _LargestOutputs()
-    with probe:
-        trainer._compute_loss(trainer.model, inputs).backward()
-    tokens = inputs["completion_ids"].numel()
-    largest = max(n for n, shape in probe.sizes if n != vocab * HIDDEN)  # dW / embedding grads are (V, H)
-    return largest, tokens
+    inputs = trainer._generate_and_score_completions([{"prompt": p, "skills": s} for p, s in zip(PROMPTS, SKILLS)])
+    largest = []
+    for impl in impls:
+        trainer.sdar = SDARConfig(coef=1.0, impl=impl, chunk_bytes=CHUNK_BYTES)
+        probe = _LargestOutputs()
+        with probe:
+            trainer._compute_loss(trainer.model, inputs).backward()
+        largest.append(max(n for n, shape in probe.sizes if n != vocab * HIDDEN))
+    return largest, inputs["completion_ids"].numel()
 
 
 def test_loss_never_materialises_tokens_by_vocab(tmp_path):
-    small, tokens = _loss_allocations(tmp_path, 8192, "chunked")
-    large, tokens_large = _loss_allocations(tmp_path, 32768, "chunked")
-    assert large <= 4096 * 8 and small <= 4096 * 8  # bounded by the tile budget, not by V
-    assert large < tokens_large * 32768 // 4 and small < tokens * 8192 // 4
-    # Positive control: the naive impl materialises [tokens, V] logits and the probe sees it.
-    naive, tokens_naive = _loss_allocations(tmp_path, 8192, "naive")
-    assert naive >= tokens_naive * 8192 // 2
+    (small, naive), tokens = _loss_allocations(tmp_path, 8192, ("chunked", "naive"))
+    (large,), _ = _loss_allocations(tmp_path, 32768, ("chunked",))
+    assert large <= CHUNK_BYTES // 4 and small <= CHUNK_BYTES // 4  # bounded by the tile budget, not by V
+    assert CHUNK_BYTES // 4 < tokens * 8192  # the bound above excludes a [tokens, V] tensor at both V
+    assert naive >= tokens * 8192  # positive control: the naive impl's [tokens, V] logits are seen
 
 
 def test_config_validation():

@@ -235,3 +235,12 @@ def test_property_cpu_impls_agree_with_truth(n, h, v, temp, scale, seed, rows, t
     for name, x, xn, ref in zip(("logp", "entropy", "dh", "dw"), got, naive, (logp_ref, ent_ref, dh_ref, dw_ref)):
         assert_within_naive(name, x, xn, ref, torch.float32)
 
+
+
+@pytest.mark.parametrize("rows, vocab, budget", [(4096, 32768, 64 << 20), (2048, 151936, 64 << 20), (7, 3, 10),
+                                                 (100000, 151936, 256 << 20), (1, 1, 1)])
+def test_tile_shape_respects_the_byte_budget(rows, vocab, budget):
+    block, tile = chunked.tile_shape(rows, vocab, budget)
+    assert 1 <= block <= rows and 1 <= tile <= vocab
+    # fits the budget unless even one row of the narrowest allowed tile does not
+    assert block * tile * 4 * chunked._TEMPS <= max(budget, 4 * chunked._TEMPS * min(vocab, chunked._MIN_TILE))

@@ -70,6 +70,16 @@ def test_smoke_train_logs_checkpoints_and_plots(tiny_model, tmp_path):
     start, _ = load_model(tiny_model, train=False)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters())), "weights did not move"
     assert os.path.getsize(plot_run(run)) > 1000
+    from sdar.config import EvalConfig
+    from sdar.evaluate import run_eval
+
+    out = tmp_path / "eval.json"
+    res = run_eval(EvalConfig(model_dir=os.path.join(run, "checkpoints", "step_000002"), seeds=2, max_turns=2,
+                              max_new_tokens=12, threads=1, out=str(out)))
+    assert res["n"] == 2 and json.loads(out.read_text())["success"] == res["success"]
+    # the checkpoint holds the final weights: the same evaluation as the exported final model
+    assert run_eval(EvalConfig(model_dir=run, seeds=2, max_turns=2, max_new_tokens=12, threads=1))["reward"] == \
+        res["reward"]
     with pytest.raises(ValueError, match="already holds a run"):
         train(cfg)
 

@@ -114,6 +114,8 @@ def add_sdar_head(model: torch.nn.Module) -> torch.nn.Module:
     def forward(self, *args, sdar_head=None, **kwargs):
         if sdar_head is None:
             return previous_forward(*args, **kwargs)
+        for name in ("labels", "shift_labels", "num_items_in_batch", "logits_to_keep"):  # LM-only kwargs
+            kwargs.pop(name, None)
         kwargs["use_cache"] = False
         hidden = self.base_model(*args, **kwargs).last_hidden_state  # (B, L, H)
         weight = self.get_output_embeddings().weight                 # looked up per call (FSDP/PEFT swap it)

@@ -147,7 +147,9 @@ class SDARGRPOTrainer(GRPOTrainer):
     def _compute_loss(self, model, inputs):
         if self.sdar.coef == 0:
             return super()._compute_loss(model, inputs)
-        mask = inputs["completion_mask"] if "tool_mask" not in inputs else inputs["completion_mask"] * inputs["tool_mask"]
+        mask = inputs["completion_mask"]  # (B, T), times the tool mask like TRL's own loss
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
         self._sdar_request = (self._teacher_hidden(model, inputs), mask)
         try:
             loss = super()._compute_loss(model, inputs)
