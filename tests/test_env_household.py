@@ -112,6 +112,26 @@ def test_reward_and_done_conventions():
     assert env.expert_action() == "look"
 
 
+def test_expert_replans_after_a_detour():
+    env = make("train", 0, "small")
+    env.reset(6)
+    plan = env.expert_plan()
+    assert env.expert_action() == plan[0]
+    env.step(plan[0])
+    assert env.expert_plan() == plan[1:]  # following the plan keeps it
+    env.step("inventory")  # a detour: the next call re-plans from the new state
+    won, _, _, _ = play_on(env, expert)
+    assert won
+
+
+def play_on(env, policy):
+    info, done, rewards = {"admissible_actions": []}, False, []
+    while not done:
+        obs, reward, done, info = env.step(policy(env, info))
+        rewards.append(reward)
+    return info["won"], info["step"], rewards, info
+
+
 def test_max_steps_cap_and_override():
     env = make("train", 0, "small", max_steps=5)
     env.reset(1)

@@ -7,7 +7,9 @@ renders feedback and the admissible commands) wrapped by ALFWorld's ``AlfredDema
 fast-downward plan from the current state). Unknown commands answer "Nothing happens.".
 
 Costs trimmed without changing what the engine says (the text and commands are the engine's own):
-- the planner is asked only when ``plan()`` is called (ALFWorld's expert wrapper re-plans every step);
+- the planner is asked only when ``plan()`` is called (ALFWorld's expert wrapper re-plans every step),
+  and not again while the agent follows its plan (the rest of a plan stays valid in this
+  deterministic game); any other command drops the plan and the next call re-plans;
 - fast-downward's PDDL→SAS translation and the grammar parse (``GameLogic``) are memoised per exact
   input (small LRUs), so replaying a game (GRPO groups share a seed) skips them; a game whose grammar
   is the shipped ``alfred.twl2`` with its goal sentence filled in reuses one parse of the template;
@@ -184,11 +186,15 @@ class AlfredEngine:
     def step(self, command: str) -> tuple[str, list[str], bool]:
         with _memoised_text_parsing():
             state, _, _ = self._env.step(command)
-        self._plan = None
+        plan, accepted = self._plan, state.feedback != NOTHING_HAPPENS
+        # The game is deterministic: after the plan's first command, the rest of the plan is still a
+        # valid plan from the new state, so the planner is not asked again.
+        self._plan = plan[1:] if plan and accepted and command.strip() == plan[0] else None
         return state.feedback.strip(), list(state["admissible_commands"]), bool(state["won"])
 
     def plan(self) -> list[str]:
-        """The planner expert's remaining commands (ALFWorld ``policy_commands``), cached per state."""
+        """The planner expert's remaining commands (ALFWorld ``policy_commands``), cached per state
+        and advanced while its commands are played."""
         if self._plan is None:
             inner = self._inner
             self._plan = list(inner._pddl_state.replan(inner._entity_infos))
