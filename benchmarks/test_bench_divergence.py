@@ -3,6 +3,7 @@
     pytest benchmarks/test_bench_divergence.py                       # CPU set: N 2048 + 2048, H 1024, V 32768, fp32
     SDAR_BENCH_SET=quick pytest benchmarks/test_bench_divergence.py  # a small set, to try things fast
     SDAR_BENCH_MODES=full SDAR_BENCH_ROUNDS=2 pytest benchmarks/test_bench_divergence.py  # fwd+bwd only
+    SDAR_BENCH_THREADS=1 ...                                         # single-threaded, results *_t1.*
 
 Workloads: reverse KL, forward KL and JSD_β=0.5 (token mean over all rows, fwd + bwd = "full", and the
 forward alone), plus reverse KL with reduction="none" and a random per-token upstream gradient (the
@@ -46,6 +47,11 @@ WORKLOADS = [("reverse_kl", "reverse_kl", "mean"), ("forward_kl", "forward_kl", 
 LIGER_BETA = {"reverse_kl": 1.0, "forward_kl": 0.0, "jsd": 0.5}
 MODES = tuple(os.environ.get("SDAR_BENCH_MODES", "forward,full").split(","))  # e.g. SDAR_BENCH_MODES=full
 MIB = 2.0 ** 20
+# SDAR_BENCH_THREADS=1: single-threaded runs (a fairer work comparison on a shared, oversubscribed machine,
+# where idle-waiting OpenMP threads inflate the many-small-ops providers). Results get a "_t<n>" suffix.
+THREADS = int(os.environ.get("SDAR_BENCH_THREADS", "0"))
+if THREADS > 0:
+    torch.set_num_threads(THREADS)
 
 
 def _device() -> torch.device:
@@ -185,7 +191,8 @@ def _write_results() -> None:
     meta = dict(set=SET, device=DEVICE.type, shape=SHAPE, rounds=ROUNDS,
                 date_utc=time.strftime("%Y-%m-%d %H:%M", time.gmtime()), machine=_machine())
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
-    stem = os.path.join(HERE, "results", f"divergence_{SET}_{DEVICE.type}")
+    suffix = f"_t{THREADS}" if THREADS > 0 else ""
+    stem = os.path.join(HERE, "results", f"divergence_{SET}_{DEVICE.type}{suffix}")
     with open(stem + ".json", "w") as f:
         json.dump({"meta": meta, "records": _RECORDS}, f, indent=1)
     lines = [f"# Divergence benchmarks — set `{SET}` on {DEVICE.type}", "",

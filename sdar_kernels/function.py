@@ -4,6 +4,10 @@ A backend is a module with ``row_stats`` and ``grad`` (see ``chunked.py``). ``Lo
 runs student (and optionally teacher) rows through one ``row_stats`` call, combines the
 statistics into log-probs and entropies, and recomputes the logits in backward through ``grad``
 (student rows only; teacher outputs are non-differentiable).
+
+With ``opts.process_group`` set the head is a vocabulary shard (``distributed.py``): the shard's
+statistics are all-reduced into global ones before ``combine_stats``, and the backward all-reduces
+the partial dh (dW stays the local shard's gradient).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 from torch import Tensor
 
 from . import compile as ops
+from .distributed import all_reduce_stats, all_reduce_sum
 from .options import KernelOptions
 from .stats import combine_stats
 
@@ -35,6 +40,8 @@ class LogprobFunction(torch.autograd.Function):
         hiddens = [student] if teacher is None else [student, teacher.detach()]
         m, s, t, zy = ops.row_stats(hiddens, weight, [labels] * len(hiddens), opts.impl, opts.temperature,
                                     opts.vocab_start, opts.chunk_bytes)
+        if opts.process_group is not None:
+            m, s, t, zy = all_reduce_stats(m, s, t, zy, opts.process_group)
         both_valid = valid if teacher is None else torch.cat([valid, valid])
         lse, logp, entropy = combine_stats(m, s, t, zy, both_valid)
         # Separate copies (O(N)), so that no output is a view of another.
@@ -58,4 +65,6 @@ class LogprobFunction(torch.autograd.Function):
         b = None if grad_entropy is None else torch.where(valid, grad_entropy.float(), zero)
         dh, dw = ops.grad(student, weight, labels, lse, entropy, a, b, opts.impl, opts.temperature,
                           opts.vocab_start, opts.chunk_bytes, need_h, need_w)
+        if need_h and opts.process_group is not None:
+            dh = all_reduce_sum(dh, opts.process_group)  # each shard's Σ_j dz_j W_j; O(N·H)
         return (dh if need_h else None), (dw.to(weight.dtype) if need_w else None), None, None, None, None

@@ -5,6 +5,11 @@ Every function takes ``impl``: "naive" (materialised fp32 logits + autograd, the
 (fused kernels from ``sdar_kernels.ops``; under ``TRITON_INTERPRET=1`` on CPU) or "auto"
 (triton for CUDA tensors, chunked otherwise). Hidden states are (..., H) and labels (...); rows
 are flattened internally and results come back in the labels' shape.
+
+Vocab-parallel heads: ``fused_logprobs``, ``sdar_loss`` and ``grpo_sdar_loss`` take
+``process_group=`` (and optionally ``vocab_start=``/``vocab_size=``) when ``weight`` is this rank's
+shard of a head split along the vocabulary; see ``distributed.py`` for the layout, the collectives
+and the gradient conventions.
 """
 
 from __future__ import annotations
@@ -15,9 +20,10 @@ import torch
 from torch import Tensor
 
 from . import losses
+from .distributed import naive_sharded_logprobs, vocab_layout
 from .function import LogprobFunction, safe_labels
-from .options import (AGG_MODES, DEFAULT_CHUNK_BYTES, DISTILL_KINDS, ESTIMATORS, GATES, IMPLS, REDUCTIONS,
-                      KernelOptions, check_choice)
+from .options import (AGG_MODES, DEFAULT_CHUNK_BYTES, DISTILL_KINDS, ESTIMATORS, FULL_ESTIMATORS, GATES, IMPLS,
+                      REDUCTIONS, KernelOptions, check_choice)
 from .reference import naive_logprobs
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -52,7 +58,8 @@ def _check_labels_in_range(labels: Tensor, vocab_size: int, ignore_index: int) -
 
 
 def _prepare(hidden: Tensor, weight: Tensor, labels: Tensor, mask: Tensor | None, *, temperature: float,
-             ignore_index: int, impl: str, chunk_bytes: int | None, hidden_name: str = "hidden"):
+             ignore_index: int, impl: str, chunk_bytes: int | None, hidden_name: str = "hidden",
+             process_group=None, vocab_start: int | None = None, vocab_size: int | None = None):
     """Validates inputs and flattens them: (h [N, H], labels [N] (-1 where invalid), valid [N], weight_mask [N] fp32, opts)."""
     _check_float(hidden_name, hidden)
     _check_float("weight", weight)
@@ -79,15 +86,17 @@ def _prepare(hidden: Tensor, weight: Tensor, labels: Tensor, mask: Tensor | None
         if mask.dtype != torch.bool and not mask.dtype.is_floating_point:
             raise TypeError(f"mask must be bool or float, got {mask.dtype}")
     resolved = resolve_impl(impl, hidden.device)
-    _check_labels_in_range(labels, weight.shape[0], ignore_index)
+    vocab_start, vocab_size = vocab_layout(weight, process_group, vocab_start, vocab_size)
+    _check_labels_in_range(labels, vocab_size, ignore_index)  # global ids against the global vocabulary
     flat_labels = labels.reshape(-1)
     token_weight = (flat_labels != ignore_index).float()
     if mask is not None:
         token_weight = token_weight * mask.reshape(-1).float()
     valid = token_weight != 0
-    opts = KernelOptions(temperature=float(temperature), ignore_index=ignore_index, vocab_start=0,
-                         vocab_size=weight.shape[0], impl=resolved,
-                         chunk_bytes=DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
+    opts = KernelOptions(temperature=float(temperature), ignore_index=ignore_index, vocab_start=vocab_start,
+                         vocab_size=vocab_size, impl=resolved,
+                         chunk_bytes=DEFAULT_CHUNK_BYTES if chunk_bytes is None else chunk_bytes,
+                         process_group=process_group)
     h = hidden.reshape(-1, hidden.shape[-1]).contiguous()
     return h, safe_labels(flat_labels, valid), valid, token_weight, opts
 
@@ -96,12 +105,18 @@ def _flat_logprobs(student: Tensor, weight: Tensor, labels: Tensor, valid: Tenso
                    opts: KernelOptions) -> tuple[Tensor, Tensor, Tensor | None]:
     """(student logp, student entropy, teacher logp or None), fp32 [N]; only the student's carry gradient."""
     if opts.impl == "naive":
-        logp, entropy = naive_logprobs(student, weight, labels, valid, temperature=opts.temperature)
+        if opts.process_group is None:
+            def naive(h, w):
+                return naive_logprobs(h, w, labels, valid, temperature=opts.temperature)
+        else:
+            def naive(h, w):
+                return naive_sharded_logprobs(h, w, labels, valid, temperature=opts.temperature,
+                                              vocab_start=opts.vocab_start, process_group=opts.process_group)
+        logp, entropy = naive(student, weight)
         teacher_logp = None
         if teacher is not None:
             with torch.no_grad():
-                teacher_logp, _ = naive_logprobs(teacher.detach(), weight.detach(), labels, valid,
-                                                 temperature=opts.temperature)
+                teacher_logp, _ = naive(teacher.detach(), weight.detach())
         return logp, entropy, teacher_logp
     logp, entropy, teacher_logp = LogprobFunction.apply(student, weight, labels, valid, teacher, opts)
     return logp, entropy, (teacher_logp if teacher is not None else None)
@@ -111,7 +126,8 @@ def _flat_logprobs(student: Tensor, weight: Tensor, labels: Tensor, valid: Tenso
 
 def fused_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, *, temperature: float = 1.0,
                    return_entropy: bool = False, ignore_index: int = -100, impl: str = "auto",
-                   chunk_bytes: int | None = None) -> tuple[Tensor, Tensor | None]:
+                   chunk_bytes: int | None = None, process_group=None, vocab_start: int | None = None,
+                   vocab_size: int | None = None) -> tuple[Tensor, Tensor | None]:
     """Log-probabilities (and entropies) of ``labels`` under softmax(hidden · weightᵀ / temperature).
 
     Args:
@@ -121,12 +137,23 @@ def fused_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, *, temperatur
         temperature: > 0. return_entropy: also return the entropy.
         impl: "auto" | "triton" | "chunked" | "naive". chunk_bytes: byte budget of the fp32
             temporaries of one (rows × vocabulary) tile (chunked only; default 64 MiB).
+        process_group: None (``weight`` is the whole head) or the ``torch.distributed`` group over
+            which the head is split along the vocabulary: ``weight`` is then this rank's shard
+            (V_local, H), ``hidden``/``labels`` are the same on every rank and labels are GLOBAL
+            ids. Outputs are the global log-probs/entropies on every rank; ``hidden.grad`` is the
+            full gradient (dh is all-reduced in backward) and ``weight.grad`` the local shard's.
+            Every rank must make the same calls and back-propagate the same loss.
+        vocab_start: global id of the shard's first row. Default: shards contiguous in rank order
+            (rank × V_local for equal shards), found with one all-gather of the shard sizes.
+        vocab_size: global vocabulary size (labels are checked against it). Default: Σ V_local over
+            the group. Passing both skips that all-gather and allows any shard layout.
     Returns:
         (logp, entropy or None): fp32 (...), both differentiable w.r.t. ``hidden`` and ``weight``
         with exact per-token upstream gradients (any combination of the two).
     """
     h, y, valid, _, opts = _prepare(hidden, weight, labels, None, temperature=temperature,
-                                    ignore_index=ignore_index, impl=impl, chunk_bytes=chunk_bytes)
+                                    ignore_index=ignore_index, impl=impl, chunk_bytes=chunk_bytes,
+                                    process_group=process_group, vocab_start=vocab_start, vocab_size=vocab_size)
     logp, entropy, _ = _flat_logprobs(h, weight, y, valid, None, opts)
     shape = labels.shape
     return logp.reshape(shape), (entropy.reshape(shape) if return_entropy else None)
@@ -155,7 +182,8 @@ def _safe_denominator(total: Tensor) -> Tensor:
 def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, labels: Tensor, *,
               mask: Tensor | None = None, gate: str = "gap", beta: float = 5.0, estimator: str = "sdar",
               temperature: float = 1.0, ignore_index: int = -100, reduction: str = "mean", impl: str = "auto",
-              chunk_bytes: int | None = None) -> SDAROutput:
+              chunk_bytes: int | None = None, jsd_beta: float = 0.5, process_group=None,
+              vocab_start: int | None = None, vocab_size: int | None = None) -> SDAROutput:
     """The gated self-distillation loss of DESIGN §1 with one pass over the vocabulary.
 
     Args:
@@ -164,9 +192,18 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
         weight: (V, H) LM head shared by both, same dtype. labels: (...) int64.
         mask: optional (...) bool/float; 0 excludes a token, a float acts as a token weight.
         gate: "gap" σ(βΔ) | "entropy" H/log V | "soft_or" 1−(1−ĥ)(1−σ(βΔ)) | "none" 0.5.
-        estimator: "sdar" ℓ = g·(sg(logp_T) − logp_S) | "reverse_kl" ℓ = −g·sg(Δ)·logp_S.
+        estimator: sampled-token estimators "sdar" ℓ = g·(sg(logp_T) − logp_S) | "reverse_kl"
+            ℓ = −g·sg(Δ)·logp_S; or full-distribution ones ℓ = g·D_t with D_t over the whole
+            vocabulary (``divergence.gated_divergence``; gradient w.r.t. the student side only):
+            "full_reverse_kl" KL(p_S‖p_T) | "full_forward_kl" KL(p_T‖p_S) | "jsd" β·KL(p_T‖M) +
+            (1−β)·KL(p_S‖M), M = β·p_T + (1−β)·p_S with β = ``jsd_beta``. The gate g is the same
+            detached gate as for the sampled estimators (from the sampled gap / entropy).
         reduction: "mean" (Σ w ℓ / Σ w over valid tokens; 0 when none), "sum", "none" (w·ℓ, (...)).
-        impl, temperature, ignore_index, chunk_bytes: as in ``fused_logprobs``.
+        impl, temperature, ignore_index, chunk_bytes: as in ``fused_logprobs`` (the full-distribution
+            estimators use the divergence module's own default budget when chunk_bytes is None).
+        jsd_beta: β of estimator="jsd" in [0, 1] (0 → forward KL, 1 → reverse KL, TRL's convention).
+        process_group, vocab_start, vocab_size: vocab-parallel head, as in ``fused_logprobs``
+            (sampled estimators only; the full-distribution ones raise NotImplementedError).
     Returns:
         ``SDAROutput``: loss; student_logp (carries gradient through the same fused backward, so
         a caller may add a policy term on it and run one backward); detached teacher_logp,
@@ -175,12 +212,16 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
     check_choice("gate", gate, GATES)
     check_choice("estimator", estimator, ESTIMATORS)
     check_choice("reduction", reduction, REDUCTIONS)
+    if estimator in FULL_ESTIMATORS and process_group is not None:
+        raise NotImplementedError(f"estimator={estimator!r} does not support a vocab-parallel head "
+                                  "(process_group); use estimator='sdar' or 'reverse_kl'")
     if not isinstance(teacher_hidden, Tensor) or teacher_hidden.shape != student_hidden.shape:
         raise ValueError(f"teacher_hidden shape {tuple(getattr(teacher_hidden, 'shape', ()))} must equal "
                          f"student_hidden shape {tuple(student_hidden.shape)}")
     h_s, y, valid, w, opts = _prepare(student_hidden, weight, labels, mask, temperature=temperature,
                                       ignore_index=ignore_index, impl=impl, chunk_bytes=chunk_bytes,
-                                      hidden_name="student_hidden")
+                                      hidden_name="student_hidden", process_group=process_group,
+                                      vocab_start=vocab_start, vocab_size=vocab_size)
     _check_float("teacher_hidden", teacher_hidden)
     if teacher_hidden.dtype != weight.dtype:
         raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} must match weight dtype {weight.dtype}")
@@ -188,20 +229,41 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
     logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
     g, _ = losses.sdar_gate(teacher_logp - logp.detach(), entropy, gate=gate, beta=beta,
                             vocab_size=opts.vocab_size)
-    per_token, info = losses.sdar_token_loss(logp, teacher_logp, gate=g, estimator=estimator)
-    per_token = w * per_token
-    if reduction == "mean":
-        loss = per_token.sum() / _safe_denominator(w.sum())
-    elif reduction == "sum":
-        loss = per_token.sum()
-    else:
-        loss = per_token.reshape(labels.shape)
-    zero = torch.zeros_like(g)
+    gap = teacher_logp - logp.detach()
     shape = labels.shape
+    if estimator in FULL_ESTIMATORS:
+        loss = _full_estimator_loss(student_hidden, teacher_hidden, weight, w.reshape(shape), g.reshape(shape),
+                                    estimator=estimator, jsd_beta=jsd_beta, reduction=reduction,
+                                    temperature=temperature, impl=opts.impl, chunk_bytes=chunk_bytes)
+    else:
+        per_token, _ = losses.sdar_token_loss(logp, teacher_logp, gate=g, estimator=estimator)
+        per_token = w * per_token
+        if reduction == "mean":
+            loss = per_token.sum() / _safe_denominator(w.sum())
+        elif reduction == "sum":
+            loss = per_token.sum()
+        else:
+            loss = per_token.reshape(shape)
+    zero = torch.zeros_like(g)
     return SDAROutput(loss=loss, student_logp=logp.reshape(shape), teacher_logp=teacher_logp.detach().reshape(shape),
-                      gap=torch.where(valid, info["gap"], zero).reshape(shape),
+                      gap=torch.where(valid, gap, zero).reshape(shape),
                       gate=torch.where(valid, g, zero).reshape(shape),
                       student_entropy=entropy.detach().reshape(shape))
+
+
+def _full_estimator_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, token_weight: Tensor,
+                         gate: Tensor, *, estimator: str, jsd_beta: float, reduction: str, temperature: float,
+                         impl: str, chunk_bytes: int | None) -> Tensor:
+    """Σ w·sg(g)·D_t (/ Σ w for "mean"; w·g·D per token for "none") through ``gated_divergence``.
+
+    token_weight, gate: fp32 in the labels' shape (w = 0 on excluded rows). The divergence module is
+    imported here so that the sampled estimators never load it.
+    """
+    from .divergence import ESTIMATOR_TO_KIND, gated_divergence
+    extra = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+    return gated_divergence(student_hidden, teacher_hidden, weight, token_weight, gate,
+                            kind=ESTIMATOR_TO_KIND[estimator], beta=jsd_beta, temperature=temperature,
+                            reduction=reduction, impl=impl, **extra)
 
 
 # ---------------------------------------------------------------- GRPO + SDAR
@@ -230,8 +292,9 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
                    kl_coef: float = 0.0, entropy_coef: float = 0.0, gate: str = "gap", beta: float = 5.0,
                    sdar_estimator: str = "sdar", pg_coef: float = 1.0, distill: str = "sdar",
                    rlsd_coef: float = 0.0, max_log_ratio: float = 10.0, temperature: float = 1.0,
-                   ignore_index: int = -100, impl: str = "auto",
-                   chunk_bytes: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+                   ignore_index: int = -100, impl: str = "auto", chunk_bytes: int | None = None,
+                   jsd_beta: float = 0.5, process_group=None, vocab_start: int | None = None,
+                   vocab_size: int | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """The published objective L = pg_coef·L_GRPO + kl_coef·KL_k3 − entropy_coef·H̄ + sdar_coef·L_distill
     with a single student pass (DESIGN §1).
 
@@ -248,10 +311,13 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
         clip, clip_high: PPO ε (clip_high defaults to clip). agg: "token-mean" |
             "seq-mean-token-mean" | "seq-mean-token-sum" | "seq-mean-token-sum-norm" (divides by
             ``norm_len``, default T) for the PG, KL and entropy terms.
-        gate, beta, sdar_estimator: as in ``sdar_loss``. pg_coef: 0 gives OPSD (no PG term).
+        gate, beta: as in ``sdar_loss``. sdar_estimator, jsd_beta: ``sdar_loss``'s estimator and
+            jsd_beta (a full-distribution estimator adds sdar_coef·Σ tok_w·g·D_t through
+            ``divergence.gated_divergence``: one more pass over the head). pg_coef: 0 gives OPSD.
         distill: "sdar" | "skill_sd" (ρ·k3, ρ = exp(min(logp − logp_old, max_log_ratio)) detached)
             | "none". rlsd_coef: λ of RLSD advantage reweighting (0 = off; needs the teacher).
-        temperature, ignore_index, impl, chunk_bytes: as in ``fused_logprobs``.
+        temperature, ignore_index, impl, chunk_bytes, process_group, vocab_start, vocab_size: as in
+            ``fused_logprobs`` (a vocab-parallel head works with the sampled estimators only).
     Returns:
         (loss, metrics): loss is a differentiable fp32 scalar. metrics holds detached fp32 scalars:
         pg_loss, kl, entropy (aggregated like the loss), sdar_loss (token mean of the distillation
@@ -277,9 +343,14 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
         raise ValueError("kl_coef != 0 needs ref_logp")
     if labels.dim() < 1 and agg != "token-mean":
         raise ValueError(f"agg={agg!r} needs labels with a token dimension")
+    full = sdar_estimator in FULL_ESTIMATORS and distill == "sdar" and teacher_hidden is not None
+    if full and process_group is not None:
+        raise NotImplementedError(f"sdar_estimator={sdar_estimator!r} does not support a vocab-parallel head "
+                                  "(process_group); use 'sdar' or 'reverse_kl'")
     h_s, y, valid, w, opts = _prepare(student_hidden, weight, labels, mask, temperature=temperature,
                                       ignore_index=ignore_index, impl=impl, chunk_bytes=chunk_bytes,
-                                      hidden_name="student_hidden")
+                                      hidden_name="student_hidden", process_group=process_group,
+                                      vocab_start=vocab_start, vocab_size=vocab_size)
     h_t = None
     if teacher_hidden is not None:
         _check_float("teacher_hidden", teacher_hidden)
@@ -296,14 +367,24 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
     ref = None if ref is None else torch.where(valid, ref, zero)
     agg_w = losses.agg_weights(w.reshape(shape), agg, norm_len=norm_len).reshape(-1)
     tok_w = losses.agg_weights(w, "token-mean")
+    # A full-distribution estimator: the per-token objective keeps the gate (estimator "sdar",
+    # coefficient 0) and sdar_coef·Σ tok_w·g·D_t is added from the divergence pass below.
     hyper = dict(pg_coef=pg_coef, clip=clip, clip_high=clip_high, kl_coef=kl_coef, entropy_coef=entropy_coef,
-                 distill=distill, sdar_coef=sdar_coef, gate=gate, beta=beta, estimator=sdar_estimator,
-                 vocab_size=opts.vocab_size, rlsd_coef=rlsd_coef, max_log_ratio=max_log_ratio)
+                 distill=distill, sdar_coef=0.0 if full else sdar_coef, gate=gate, beta=beta,
+                 estimator="sdar" if full else sdar_estimator, vocab_size=opts.vocab_size, rlsd_coef=rlsd_coef,
+                 max_log_ratio=max_log_ratio)
     logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
     per_token, terms = losses.grpo_token_objective(
         logp, entropy, advantages=adv, agg_weight=agg_w, distill_weight=tok_w, old_logp=old, ref_logp=ref,
         teacher_logp=teacher_logp, **hyper)
     loss = per_token.sum()
+    if full:
+        distill_loss = _full_estimator_loss(student_hidden, teacher_hidden, weight, tok_w.reshape(shape),
+                                            terms["gate"].reshape(shape), estimator=sdar_estimator,
+                                            jsd_beta=jsd_beta, reduction="sum", temperature=temperature,
+                                            impl=opts.impl, chunk_bytes=chunk_bytes)
+        loss = loss + sdar_coef * distill_loss
+        terms = dict(terms, distill=None, distill_total=distill_loss.detach())
     return loss, _grpo_metrics(terms, logp.detach(), entropy.detach(), teacher_logp, valid, agg_w, tok_w)
 
 
@@ -315,7 +396,7 @@ def _grpo_metrics(terms: dict, logp: Tensor, entropy: Tensor, teacher_logp: Tens
         "pg_loss": (agg_w * terms["pg"]).sum(),
         "kl": (agg_w * terms["kl"]).sum(),
         "entropy": (agg_w * entropy).sum(),
-        "sdar_loss": (tok_w * terms["distill"]).sum(),
+        "sdar_loss": (tok_w * terms["distill"]).sum() if terms["distill"] is not None else terms["distill_total"],
         "clip_frac": mean(terms["clipped"], valid),
         "ratio_mean": mean(terms["ratio"], valid),
         "logp_mean": mean(logp, valid),

@@ -14,21 +14,24 @@ class SDARLoss(nn.Module):
 
     def __init__(self, *, gate: str = "gap", beta: float = 5.0, estimator: str = "sdar", temperature: float = 1.0,
                  ignore_index: int = -100, reduction: str = "mean", impl: str = "auto",
-                 chunk_bytes: int | None = None):
+                 chunk_bytes: int | None = None, jsd_beta: float = 0.5, process_group=None,
+                 vocab_start: int | None = None, vocab_size: int | None = None):
         super().__init__()
         check_choice("gate", gate, GATES)
         check_choice("estimator", estimator, ESTIMATORS)
         check_choice("reduction", reduction, REDUCTIONS)
         check_choice("impl", impl, IMPLS)
         self.options = dict(gate=gate, beta=beta, estimator=estimator, temperature=temperature,
-                            ignore_index=ignore_index, reduction=reduction, impl=impl, chunk_bytes=chunk_bytes)
+                            ignore_index=ignore_index, reduction=reduction, impl=impl, chunk_bytes=chunk_bytes,
+                            jsd_beta=jsd_beta, process_group=process_group, vocab_start=vocab_start,
+                            vocab_size=vocab_size)
 
     def forward(self, student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, labels: Tensor,
                 mask: Tensor | None = None) -> SDAROutput:
         return sdar_loss(student_hidden, teacher_hidden, weight, labels, mask=mask, **self.options)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items() if k != "process_group")
 
 
 class GRPOSDARLoss(nn.Module):
@@ -51,4 +54,4 @@ class GRPOSDARLoss(nn.Module):
                               **self.options)
 
     def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.items() if k != "process_group")

@@ -6,7 +6,11 @@ from dataclasses import dataclass
 
 IMPLS = ("auto", "triton", "chunked", "naive")
 GATES = ("gap", "entropy", "soft_or", "none")
-ESTIMATORS = ("sdar", "reverse_kl")
+#: Sampled-token estimators (per-token functions of the log-probs, ``losses.sdar_token_loss``) and the
+#: full-distribution ones (gate × D_t over the whole vocabulary, ``divergence.gated_divergence``).
+SAMPLED_ESTIMATORS = ("sdar", "reverse_kl")
+FULL_ESTIMATORS = ("full_reverse_kl", "full_forward_kl", "jsd")
+ESTIMATORS = SAMPLED_ESTIMATORS + FULL_ESTIMATORS
 REDUCTIONS = ("mean", "sum", "none")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 DISTILL_KINDS = ("sdar", "skill_sd", "none")
@@ -33,6 +37,8 @@ class KernelOptions:
         the head is not split.
     impl: the resolved implementation ("triton", "chunked" or "naive"; never "auto").
     chunk_bytes: byte budget of one token chunk (chunked implementation only).
+    process_group: the ``torch.distributed`` group over which the head is sharded along the
+        vocabulary (None: the head is whole, no communication).
     """
 
     temperature: float = 1.0
@@ -41,3 +47,4 @@ class KernelOptions:
     vocab_size: int = 0
     impl: str = "chunked"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    process_group: object = None

@@ -19,10 +19,19 @@ def merge_pair(x: tuple[Tensor, Tensor, Tensor], y: tuple[Tensor, Tensor, Tensor
     about its own m, t = Σ c (t + (m - M) s).
     """
     m = torch.maximum(x[0], y[0])
-    c_x, c_y = torch.exp(x[0] - m), torch.exp(y[0] - m)
-    s = c_x * x[1] + c_y * y[1]
-    t = c_x * (x[2] + (x[0] - m) * x[1]) + c_y * (y[2] + (y[0] - m) * y[1])
-    return m, s, t
+    s_x, t_x = shift_stats(x[0], x[1], x[2], m)
+    s_y, t_y = shift_stats(y[0], y[1], y[2], m)
+    return m, s_x + s_y, t_x + t_y
+
+
+def shift_stats(m: Tensor, s: Tensor, t: Tensor, m_new: Tensor) -> tuple[Tensor, Tensor]:
+    """(s, t) of one vocabulary part re-expressed about a larger max ``m_new`` (≥ m).
+
+    With c = e^{m − m_new}: Σ e^{z − m_new} = c·s and Σ (z − m_new) e^{z − m_new} = c·(t + (m − m_new)·s).
+    After this, the statistics of disjoint parts simply add (what the vocab-parallel all-reduce sums).
+    """
+    c = torch.exp(m - m_new)
+    return c * s, c * (t + (m - m_new) * s)
 
 
 def merge_stats(parts: list[tuple[Tensor, Tensor, Tensor, Tensor]]) -> tuple[Tensor, Tensor, Tensor, Tensor]:

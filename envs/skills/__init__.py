@@ -31,12 +31,12 @@ _KEYWORD_LINE = re.compile(r"^\s*<!--\s*keywords:(.*?)-->\s*$")
 # Task-type keywords per environment, most specific first (earlier wins ties).
 KEYWORDS: dict[str, dict[str, tuple[str, ...]]] = {
     "household": {
-        "pick2": ("two", "both"),
-        "look": ("look at", "examine", "desklamp", "under the"),
-        "clean": ("clean",),
-        "heat": ("heat", "hot", "warm"),
-        "cool": ("cool", "cold", "chill"),
-        "pick": ("put", "place", "find"),
+        "pick_two_obj_and_place": ("two", "both"),
+        "look_at_obj_in_light": ("look at", "examine", "desklamp", "under the"),
+        "pick_clean_then_place": ("clean",),
+        "pick_heat_then_place": ("heat", "hot", "warm"),
+        "pick_cool_then_place": ("cool", "cold", "chill"),
+        "pick_and_place": ("put", "place", "find"),
     },
     "search_qa": {
         "comparison": ("earlier", "later", "longer", "shorter", "older", "younger", "or"),
