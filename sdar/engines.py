@@ -390,7 +390,7 @@ class VLLMEngine(Engine):
         self._default_stops = _default_stop_ids(tokenizer, model)
         with open(os.path.join(str(model_dir), "config.json")) as f:
             self.tied_embeddings = bool(json.load(f).get("tie_word_embeddings", False))
-        with _preserve_process_state(), _quiet_tokenizer_free_start():
+        with _preserve_process_state(), _quiet_tokenizer_free_start(), _shield_attribute_proxies():
             from vllm import LLM
 
             self.llm = LLM(
@@ -516,6 +516,40 @@ def _torch_threads(n: int | None):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextlib.contextmanager
+def _shield_attribute_proxies():
+    """Hide module attributes whose ``__dict__`` is not a dict while the vLLM engine starts.
+
+    vLLM-CPU's Triton-kernel override pass scans every module namespace and calls ``vars(x).get`` on each
+    value; llvmlite's FFI library proxy (``llvmlite.binding.ffi.lib``, loaded whenever numba is — bm25s
+    imports it) answers any attribute, ``__dict__`` included, with a function wrapper, and the scan crashes
+    with "'_lib_fn_wrapper' object has no attribute 'get'". Nothing calls those proxies during start-up, so
+    they are swapped out for the duration and put back afterwards.
+    """
+    import sys
+
+    hidden = []
+    for module in list(sys.modules.values()):
+        namespace = getattr(module, "__dict__", None)
+        if not isinstance(namespace, dict):
+            continue
+        for attr, value in list(namespace.items()):
+            if isinstance(value, type) or not hasattr(value, "__dict__"):
+                continue
+            try:
+                proxied = not hasattr(vars(value), "get")  # exactly what the scan would trip on
+            except TypeError:
+                proxied = False
+            if proxied:
+                hidden.append((namespace, attr, value))
+                namespace[attr] = None
+    try:
+        yield
+    finally:
+        for namespace, attr, value in hidden:
+            namespace[attr] = value
 
 
 @contextlib.contextmanager

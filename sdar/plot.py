@@ -5,7 +5,7 @@ import json
 import math
 import os
 
-PANELS = [("success", "eval_success"), ("reward",), ("gate_mean", "gate_frac_gt_half"), ("gap_mean",),
+PANELS = [("success", "eval_success"), ("reward",), ("gate_mean", "gate_frac_ge_half"), ("gap_mean",),
           ("entropy",), ("kl",), ("clip_frac",), ("engine_mismatch",), ("step_time", "rollout_time", "update_time"),
           ("tokens_per_s",)]
 

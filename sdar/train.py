@@ -125,13 +125,14 @@ def _pad_id(model) -> int:
 
 
 def gate_frac_above_half(metrics: dict, *, gate: str, distill: str) -> dict:
-    """Fraction of response tokens with gate > 0.5. For the gap gate σ(βΔ) > 0.5 ⇔ Δ > 0, i.e.
-    1 − neg_gap_frac (ties Δ = 0 aside); the constant gate 0.5 gives 0; other gates are not reported."""
+    """Fraction of response tokens with gate ≥ 0.5. For the gap gate σ(βΔ) ≥ 0.5 ⇔ Δ ≥ 0, i.e.
+    1 − neg_gap_frac (near-deterministic tokens often have Δ = 0 exactly, gate 0.5); the constant gate
+    0.5 gives 1; other gates are not reported (the kernel returns no per-token gates)."""
     if distill != "sdar" or "neg_gap_frac" not in metrics:
         return {}
     if gate == "gap":
-        return {"gate_frac_gt_half": 1.0 - metrics["neg_gap_frac"]}
-    return {"gate_frac_gt_half": 0.0} if gate == "none" else {}
+        return {"gate_frac_ge_half": 1.0 - metrics["neg_gap_frac"]}
+    return {"gate_frac_ge_half": 1.0} if gate == "none" else {}
 
 
 def train(cfg: Config) -> dict:

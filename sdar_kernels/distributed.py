@@ -17,7 +17,9 @@ O(N·H), the usual vocab-parallel cost). No [N, V] tensor is ever communicated.
 Conventions: every rank must call the op with the same hidden states, labels and options, and
 back-propagate the same loss (the loss is replicated, as in Megatron-style vocab-parallel cross
 entropy); ``hidden.grad`` is then the full gradient on every rank and ``weight.grad`` the local
-shard's gradient.
+shard's gradient. A rank that raises (bad input) leaves the others waiting in the next collective
+until the process group's timeout. The naive implementation does the same with local fp32 logits
+and differentiable collectives; the full-distribution SDAR estimators are not vocab-parallel yet.
 """
 
 from __future__ import annotations

@@ -7,16 +7,9 @@ dz_j = a (1[j = y] − p_j) − b p_j (log p_j + H) (DESIGN §2), dh = dz W / T,
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass
 
-import pytest
 import torch
-
-TRITON_MISSING = importlib.util.find_spec("sdar_kernels.ops.triton_logprobs") is None
-# Only until the Triton backend lands; the lead removes this guard at integration.
-XFAIL_TRITON = pytest.mark.xfail(TRITON_MISSING, reason="sdar_kernels.ops.triton_logprobs not written yet",
-                                 strict=True)
 
 # (N, H, V): V not a multiple of any tile (1, 3, odd primes), H not a multiple of 16, N = 1.
 # Triton runs through the interpreter, so its shapes stay tiny (N ≤ 16, V ≤ 300, H ≤ 40).
@@ -27,10 +20,6 @@ IMPLS = ["chunked", "triton"]
 # dtype → (k, atol): impl error ≤ k × naive-path error + atol × (1 + max |truth|).
 TOLERANCES = {torch.float32: (4.0, 2e-5), torch.bfloat16: (2.0, 2e-3)}
 KINDS = ["random", "peaked", "negative"]
-
-
-def impl_param(impl: str):
-    return pytest.param(impl, marks=XFAIL_TRITON) if impl == "triton" else impl
 
 
 def small_chunk(vocab: int) -> int:

@@ -13,7 +13,7 @@ from sdar_kernels import chunked, compile as ops
 from sdar_kernels.stats import combine_stats, merge_stats
 
 from _kernels_common import (CPU_ONLY_SHAPES, IMPLS, KINDS, SHAPES, Case, assert_within_naive, err,
-                             impl_param, make_case, narrow_tiles, small_chunk, tile_chunk, truth)
+                             make_case, narrow_tiles, small_chunk, tile_chunk, truth)
 
 
 def _run(impl, case, a, b, *, chunk_bytes=None):
@@ -46,7 +46,7 @@ def _check_against_truth(impl, case, dtype, seed=0, chunk_bytes=None):
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
-@pytest.mark.parametrize("impl", [impl_param(i) for i in IMPLS])
+@pytest.mark.parametrize("impl", IMPLS)
 def test_fused_logprobs_matches_fp64_truth(impl, shape, dtype, kind, monkeypatch):
     case = make_case(*shape, dtype, kind)
     if impl != "chunked":
@@ -97,7 +97,7 @@ def test_hand_gradient_equals_fp64_autograd():
     torch.testing.assert_close(w.grad, dw)
 
 
-@pytest.mark.parametrize("impl", [impl_param(i) for i in IMPLS])
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("which", ["logp_only", "entropy_only"])
 def test_single_upstream_output(impl, which):
     """Only one of the two outputs is used; the other's gradient is absent (None), not garbage."""
@@ -113,7 +113,7 @@ def test_single_upstream_output(impl, which):
     assert err(h.grad, dh_ref) < 1e-4 and err(w.grad, dw_ref) < 1e-4
 
 
-@pytest.mark.parametrize("impl", ["naive", "chunked", impl_param("triton")])
+@pytest.mark.parametrize("impl", ["naive", "chunked", "triton"])
 @pytest.mark.parametrize("frozen", ["weight", "hidden"])
 def test_partial_requires_grad(impl, frozen, monkeypatch):
     """A frozen head gets no .grad and no dW is computed (the backend is told so)."""
@@ -161,7 +161,7 @@ def test_vocab_split_merges_to_the_whole():
     assert err(torch.cat([g0[1], g1[1]]), dw_ref) < 1e-5
 
 
-@pytest.mark.parametrize("impl", ["naive", "chunked", impl_param("triton")])
+@pytest.mark.parametrize("impl", ["naive", "chunked", "triton"])
 def test_empty_and_all_ignored(impl):
     w = torch.randn(13, 8, requires_grad=True)
     h = torch.randn(0, 8, requires_grad=True)
@@ -190,7 +190,7 @@ def test_missing_triton_module_is_a_clear_error(monkeypatch):
         ops.backend_for("triton")
 
 
-@pytest.mark.parametrize("impl", ["chunked", impl_param("triton")])
+@pytest.mark.parametrize("impl", ["chunked", "triton"])
 def test_compiled_step_has_no_graph_break(impl):
     """The backend calls are custom ops with fake impls: fullgraph compile works (aot_eager)."""
     case = make_case(6, 16, 29, torch.float32, "random", seed=8)

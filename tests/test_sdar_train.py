@@ -59,7 +59,7 @@ def test_smoke_train_logs_checkpoints_and_plots(tiny_model, tmp_path):
     last = train(cfg)
     lines = _lines(run)
     assert [x["step"] for x in lines] == [0, 1, 2]  # step 0 = the evaluation before training
-    for key in ("reward", "success", "gate_mean", "gate_frac_gt_half", "gap_mean", "entropy", "kl", "clip_frac",
+    for key in ("reward", "success", "gate_mean", "gate_frac_ge_half", "gap_mean", "entropy", "kl", "clip_frac",
                 "tokens_per_s", "step_time", "engine_mismatch", "eval_success", "grad_norm"):
         assert key in lines[-1], key
     assert 0.0 <= last["gate_mean"] <= 1.0 and last["entropy"] > 0
