@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import losses
 from .distributed import naive_sharded_logprobs, vocab_layout
+from .divergence import ESTIMATOR_TO_KIND, gated_divergence
 from .function import LogprobFunction, safe_labels
 from .options import (AGG_MODES, DEFAULT_CHUNK_BYTES, DISTILL_KINDS, ESTIMATORS, FULL_ESTIMATORS, GATES, IMPLS,
                       REDUCTIONS, KernelOptions, check_choice)
@@ -227,9 +228,8 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
         raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} must match weight dtype {weight.dtype}")
     h_t = teacher_hidden.reshape(h_s.shape).contiguous()
     logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
-    g, _ = losses.sdar_gate(teacher_logp - logp.detach(), entropy, gate=gate, beta=beta,
-                            vocab_size=opts.vocab_size)
     gap = teacher_logp - logp.detach()
+    g, _ = losses.sdar_gate(gap, entropy, gate=gate, beta=beta, vocab_size=opts.vocab_size)
     shape = labels.shape
     if estimator in FULL_ESTIMATORS:
         loss = _full_estimator_loss(student_hidden, teacher_hidden, weight, w.reshape(shape), g.reshape(shape),
@@ -256,10 +256,8 @@ def _full_estimator_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight:
                          impl: str, chunk_bytes: int | None) -> Tensor:
     """Σ w·sg(g)·D_t (/ Σ w for "mean"; w·g·D per token for "none") through ``gated_divergence``.
 
-    token_weight, gate: fp32 in the labels' shape (w = 0 on excluded rows). The divergence module is
-    imported here so that the sampled estimators never load it.
+    token_weight, gate: fp32 in the labels' shape (w = 0 on excluded rows).
     """
-    from .divergence import ESTIMATOR_TO_KIND, gated_divergence
     extra = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
     return gated_divergence(student_hidden, teacher_hidden, weight, token_weight, gate,
                             kind=ESTIMATOR_TO_KIND[estimator], beta=jsd_beta, temperature=temperature,
