@@ -15,6 +15,8 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from sdar_kernels.options import ESTIMATORS
+
 METHODS = ("grpo", "sdar", "grpo_opsd", "opsd", "skill_grpo", "skill_sd", "rlsd")
 ENGINES = ("auto", "hf", "vllm")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
@@ -31,7 +33,7 @@ TEACHER_METHODS = ("sdar", "grpo_opsd", "opsd", "skill_sd", "rlsd")
 _CHOICES = {"method": METHODS, "engine": ENGINES, "agg": AGG_MODES, "gate": GATES,
             "skill_strategy": SKILL_STRATEGIES, "dtype": DTYPES,
             "env": ("household", "alfworld", "shop", "webshop", "search_qa"),
-            "estimator": ("sdar", "reverse_kl"), "impl": ("auto", "triton", "chunked", "naive")}
+            "distill_loss": ESTIMATORS, "impl": ("auto", "triton", "chunked", "naive")}
 
 
 @dataclass
@@ -56,7 +58,7 @@ class Config:
     coef: float | None = None  # distillation λ; None -> method default (sdar 0.01, skill_sd 0.001, rlsd 0.5)
     gate: str = "gap"  # SDAR gate: gap (published) | entropy | soft_or | none (grpo_opsd forces none)
     beta: float = 5.0  # gate sharpness β (published 5)
-    estimator: str = "sdar"  # sdar (published) | reverse_kl
+    distill_loss: str = "sdar"  # SDAR estimator: sdar (published) | reverse_kl | full_reverse_kl | full_forward_kl | jsd
     rlsd_decay_steps: int = 100  # rlsd: λ decays linearly from coef to 0 over this many steps
     skill_strategy: str = "task_type"  # how skills are retrieved for the teacher (or skill_grpo student)
     skill_max_chars: int = 400  # cap on the skill text (keeps the teacher prompt short on CPU)

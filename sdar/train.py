@@ -102,7 +102,7 @@ def update(model, optimizer, samples, pre: dict, advantages: torch.Tensor, cfg: 
                 loss, m = sk.grpo_sdar_loss(
                     h, th.to(h.dtype) if th is not None else None, weight, packed.labels, adv, old, ref,
                     packed.mask, clip=cfg.clip_eps, agg=cfg.agg, norm_len=fixed_len, kl_coef=cfg.kl_coef,
-                    entropy_coef=cfg.entropy_coef, beta=cfg.beta, sdar_estimator=cfg.estimator,
+                    entropy_coef=cfg.entropy_coef, beta=cfg.beta, sdar_estimator=cfg.distill_loss,
                     temperature=cfg.temperature, impl=cfg.impl, **opts)
                 tok = float(packed.mask.sum())
                 share = tok / max(mb_tokens, 1) if cfg.agg == "token-mean" else len(idx) / len(mb)

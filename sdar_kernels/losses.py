@@ -12,7 +12,7 @@ import math
 import torch
 from torch import Tensor
 
-from .options import AGG_MODES, DISTILL_KINDS, ESTIMATORS, GATES, check_choice
+from .options import AGG_MODES, DISTILL_KINDS, GATES, SAMPLED_ESTIMATORS, check_choice
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
@@ -54,7 +54,9 @@ def sdar_token_loss(logp: Tensor, teacher_logp: Tensor, *, gate: Tensor, estimat
 
     "sdar": ℓ = g·(sg(logp_T) − logp_S); "reverse_kl": ℓ = −g·sg(Δ)·logp_S. Returns (ℓ, {"gap": Δ}).
     """
-    check_choice("estimator", estimator, ESTIMATORS)
+    # Only the sampled estimators are per-token functions of log-probs; the full-distribution ones need the
+    # hidden states and go through ``sdar_loss`` / ``gated_divergence``.
+    check_choice("estimator", estimator, SAMPLED_ESTIMATORS)
     teacher_logp = teacher_logp.detach()
     gap = teacher_logp - logp.detach()
     if estimator == "sdar":

@@ -163,3 +163,13 @@ def test_unknown_estimator_lists_all():
         sk.grpo_sdar_loss(case.hidden, teacher, case.weight, case.labels, torch.zeros(9), sdar_estimator="kl")
     assert set(FULL) <= set(sk.ESTIMATORS) and set(FULL) == set(sk.FULL_ESTIMATORS)
     sk.SDARLoss(estimator="jsd", jsd_beta=0.2)  # accepted by the module too
+
+
+def test_per_token_loss_refuses_full_distribution_estimators():
+    # The full-distribution estimators need hidden states; the per-token pure function must not silently
+    # fall back to the sampled formula for them.
+    from sdar_kernels import losses
+
+    logp = torch.tensor([-1.0, -2.0])
+    with pytest.raises(ValueError, match="estimator"):
+        losses.sdar_token_loss(logp, logp - 0.5, gate=torch.full_like(logp, 0.5), estimator="full_reverse_kl")
