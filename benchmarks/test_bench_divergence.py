@@ -110,12 +110,7 @@ def run_case(workload: str, provider: str, mode: str, x: dict) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- memory
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
+from _memory import _status_kib  # noqa: E402 - the one /proc reader of the benchmarks
 
 
 def measure_cpu(workload: str, provider: str, mode: str, shape: dict) -> dict:

@@ -97,6 +97,26 @@ def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, *, norm_by_
     return adv.float(), metrics
 
 
+def pooled_group_advantages(rewards: list[torch.Tensor], group_ids: list[torch.Tensor], *, part: int,
+                            norm_by_std: bool = True, eps: float = 1e-6) -> tuple[torch.Tensor, dict]:
+    """GRPO advantages of one part of a batch whose groups are spread over several parts (ranks).
+
+    Args:
+        rewards, group_ids: one (N_k,) tensor per part (all ranks' all-gathered (group, reward) pairs,
+            in rank order; group ids are global).
+        part: the index of the part whose advantages are returned.
+    Returns:
+        (N_part,) float32 advantages — those :func:`group_advantages` gives these samples on the whole
+        batch — and the whole batch's metrics.
+    """
+    if len(rewards) != len(group_ids) or not 0 <= part < len(rewards):
+        raise ValueError(f"rewards, group_ids, part: expected equally many parts and 0 <= part < {len(rewards)}, "
+                         f"got {len(rewards)}, {len(group_ids)}, {part}")
+    adv, metrics = group_advantages(torch.cat(rewards), torch.cat(group_ids), norm_by_std=norm_by_std, eps=eps)
+    start = sum(len(r) for r in rewards[:part])
+    return adv[start : start + len(rewards[part])], metrics  # (N_part,)
+
+
 # ----------------------------------------------------------------------------- the loss switches
 def loss_options(method: str, *, lam: float, gate: str = "gap", step: int = 0,
                  rlsd_decay_steps: int = 100) -> dict:
@@ -130,5 +150,6 @@ def token_objective(method: str, *, logp: torch.Tensor, entropy: torch.Tensor, a
         entropy_coef=entropy_coef, beta=beta, vocab_size=vocab_size, **opts)
 
 
-__all__ = ["METHODS", "MethodSpec", "group_advantages", "loss_options", "method_spec", "rlsd_lambda",
+__all__ = ["METHODS", "MethodSpec", "group_advantages", "loss_options", "method_spec", "pooled_group_advantages",
+           "rlsd_lambda",
            "token_objective"]

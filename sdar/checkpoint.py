@@ -61,8 +61,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir: str, *, step: int, model, optimizer, config: dict, metrics_offset: int,
-                    extra: dict | None = None, keep: int = 1) -> str:
-    """Write checkpoint ``step`` atomically; returns its directory. Keeps the newest ``keep``."""
+                    extra: dict | None = None, keep: int = 1, optimizer_state: dict | None = None) -> str:
+    """Write checkpoint ``step`` atomically; returns its directory. Keeps the newest ``keep``.
+    ``optimizer_state`` (a sharded run's gathered state, :mod:`sdar.distributed`) replaces
+    ``optimizer.state_dict()``."""
     root = os.path.join(run_dir, "checkpoints")
     os.makedirs(root, exist_ok=True)
     name = f"step_{step:06d}"
@@ -71,7 +73,8 @@ def save_checkpoint(run_dir: str, *, step: int, model, optimizer, config: dict, 
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     save_model(model, os.path.join(tmp, "model.safetensors"))
-    torch.save(optimizer.state_dict(), os.path.join(tmp, "optimizer.pt"))
+    opt_state = optimizer.state_dict() if optimizer_state is None else optimizer_state
+    torch.save(opt_state, os.path.join(tmp, "optimizer.pt"))
     torch.save(rng_state(), os.path.join(tmp, "rng.pt"))
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump({"step": step, "metrics_offset": metrics_offset, "config": config, "extra": extra or {}}, f,

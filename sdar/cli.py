@@ -5,6 +5,8 @@
     sdar train                     GRPO / SDAR / baselines (``--method``), resumable (``--resume``)
     sdar eval                      success on a held-out split, JSON
     sdar plot RUN_DIR              PNG curves of a run
+    sdar experiment CONFIG.json    a resumable grid of runs (the evidence study; sdar.experiment)
+    sdar report RUNS_DIR           aggregate a grid into docs/RESULTS.md (sdar.report)
     sdar demo                      the README main job: init → SFT → SDAR on household → eval before/after
 
 Every option of every subcommand is generated from the fields of its dataclass in
@@ -50,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0,
                    help="torch CPU threads (0: torch default; 1 is faster on a busy CPU)")
+    from sdar.experiment import add_parsers as add_experiment_parsers
+
+    add_experiment_parsers(sub)  # `sdar experiment CONFIG` and `sdar report RUNS_DIR`
     return parser
 
 
@@ -90,6 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         from sdar.plot import plot_run
 
         print(plot_run(args.run_dir, args.out))
+    elif args.command in ("experiment", "report"):
+        from sdar.experiment import main as experiment_main
+
+        return experiment_main(args)
     elif args.command == "demo":
         demo(args.out_dir, method=args.method, steps=args.steps, eval_seeds=args.eval_seeds, quick=args.quick,
              seed=args.seed, threads=args.threads)

@@ -23,6 +23,7 @@ AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mea
 GATES = ("gap", "entropy", "soft_or", "none")
 SKILL_STRATEGIES = ("task_type", "keyword", "all", "random", "similarity")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+ROLLOUT_SPLITS = ("split", "replicate")
 
 #: λ of each method's distillation term when ``--coef`` is not given (DESIGN §1).
 DEFAULT_COEF = {"grpo": 0.0, "sdar": 0.01, "grpo_opsd": 0.01, "opsd": 1.0, "skill_grpo": 0.0,
@@ -33,7 +34,8 @@ TEACHER_METHODS = ("sdar", "grpo_opsd", "opsd", "skill_sd", "rlsd")
 _CHOICES = {"method": METHODS, "engine": ENGINES, "agg": AGG_MODES, "gate": GATES,
             "skill_strategy": SKILL_STRATEGIES, "dtype": DTYPES,
             "env": ("household", "alfworld", "shop", "webshop", "search_qa"),
-            "distill_loss": ESTIMATORS, "impl": ("auto", "triton", "chunked", "naive")}
+            "distill_loss": ESTIMATORS, "impl": ("auto", "triton", "chunked", "naive"),
+            "rollout_split": ROLLOUT_SPLITS}
 
 
 @dataclass
@@ -70,6 +72,8 @@ class Config:
     top_p: float = 1.0
     max_new_tokens: int = 48  # reply cap per turn (published 512)
     max_model_len: int = 1024  # prompt + reply cap given to the engine
+    tensor_parallel_size: int = 1  # vLLM tensor parallelism (GPUs per engine); > 1 needs --engine vllm
+    rollout_split: str = "split"  # torchrun: split (rank r plays tasks r, r+W, ...) | replicate (all play all)
     # --- optimisation ---
     steps: int = 60  # optimizer steps (published 150-200)
     lr: float = 2e-4  # AdamW lr; published 1e-6 for 3B/7B; <= 3e-4 on the embedded model (DESIGN §3)
@@ -106,7 +110,7 @@ class Config:
             if getattr(self, name) not in valid:
                 raise ValueError(f"{name}: expected one of {valid}, got {getattr(self, name)!r}")
         for name in ("batch_tasks", "group_size", "steps", "max_new_tokens", "ppo_epochs", "mini_batches",
-                     "micro_batch_tokens", "max_model_len"):
+                     "micro_batch_tokens", "max_model_len", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
         if self.temperature <= 0 or self.eval_temperature <= 0:

@@ -1,0 +1,328 @@
+"""The evidence-study tooling: grid expansion, the shared warm start, skip/resume, the report.
+
+Runs are faked by a stand-in for ``python -m sdar …`` that writes the files the real subcommands write,
+so these tests take seconds; one real tiny grid (``experiments/quick.json``) is marked slow.
+"""
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sdar import experiment as ex
+from sdar import report as rp
+from sdar.config import Config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _grid(name):
+    return ex.load_grid(os.path.join(ROOT, "experiments", f"{name}.json"))
+
+
+def _tiny_grid(out_dir, **budget):
+    return {"name": "t", "out_dir": str(out_dir), "seeds": [0, 1],
+            "budget": {"steps": 3, "eval_every": 1, "eval_seeds": 4, **budget},
+            "envs": {"household": {"max_turns": 3}, "shop": {"max_turns": 4}},
+            "warm_start": {"init": {"episodes": 2}, "sft": {"episodes": 2}},
+            "grids": [{"name": "main", "methods": ["grpo", "sdar", {"label": "sdar_ent", "method": "sdar",
+                                                                     "gate": "entropy"}]},
+                      {"name": "beta", "envs": ["household"], "methods": ["sdar"], "axes": {"beta": [1, 5]}}]}
+
+
+# ----------------------------------------------------------------------------- expansion
+def test_cpu_grid_counts_names_and_reuse():
+    g = _grid("cpu_all_envs")
+    cells = ex.expand(g)
+    names = [c.name for c in cells]
+    assert len(names) == len(set(names))
+    n_seeds, n_envs, n_methods = len(g["seeds"]), len(g["envs"]), len(g["grids"][0]["methods"])
+    # ablation values equal to the default (task_type, beta 5, distill sdar) are the main sdar cell
+    new_ablation = (5 - 1) + (4 - 1) + (4 - 1)
+    assert len(cells) == n_seeds * (n_envs * n_methods + new_ablation) == 111
+    by_name = {c.name: c for c in cells}
+    main_sdar = by_name["household__sdar__s0"]
+    assert sorted(main_sdar.groups) == ["beta", "divergence", "main", "skill_strategy"]
+    assert by_name["household__sdar__beta-0__s1"].overrides["beta"] == 0
+    assert by_name["household__sdar__distill_loss-jsd__s2"].groups == ["divergence"]
+    assert by_name["search_qa__sdar_soft_or__s0"].overrides["gate"] == "soft_or"
+    assert by_name["search_qa__grpo__s0"].overrides["kl_coef"] == 0.001
+    assert "household__sdar__beta-5__s0" not in by_name
+    # one shared warm start per (env, seed)
+    assert {c.warm_key for c in cells} == {f"{e}__s{s}" for e in g["envs"] for s in g["seeds"]}
+    # every method of an (env, seed) gets the same model_dir
+    dirs = {ex.cell_config(c, "/o", ex.warm_dir("/o", c) + "/sft").model_dir
+            for c in cells if c.warm_key == "shop__s1"}
+    assert dirs == {"/o/models/shop__s1/sft"}
+
+
+def test_cpu_configs_share_cells():
+    """cpu_household and ablations are subsets of cpu_all_envs with identical cell configs (one runs/cpu)."""
+    full = {c.name: ex._resolve(c.overrides) for c in ex.expand(_grid("cpu_all_envs"))}
+    for part in ("cpu_household", "ablations"):
+        g = _grid(part)
+        assert g["out_dir"] == _grid("cpu_all_envs")["out_dir"]
+        for c in ex.expand(g):
+            assert full[c.name] == ex._resolve(c.overrides)
+    assert len(ex.expand(_grid("cpu_household"))) == 3 * (9 + 10)
+
+
+def test_full_scale_config_matches_published_settings():
+    cells = ex.expand(_grid("full_scale_qwen"))
+    for c in cells:
+        cfg = Config(**{**c.overrides, "run_dir": "r", "model_dir": "m"})
+        assert (cfg.steps, cfg.group_size, cfg.clip_eps, cfg.engine) == (150, 8, 0.2, "vllm")
+        assert cfg.beta == (c.axes["beta"] if "beta" in c.axes else 5.0)
+        env = cfg.env
+        assert cfg.max_turns == {"alfworld": 50, "webshop": 15, "search_qa": 4}[env]
+        assert cfg.kl_coef == (0.001 if env == "search_qa" else 0.01)
+        if cfg.method == "sdar" and cfg.coef is None:
+            assert cfg.lam == 0.01
+
+
+def test_select_and_bad_configs(tmp_path):
+    g = _tiny_grid(tmp_path)
+    cells = ex.expand(g)
+    # 2 envs × 3 methods × 2 seeds + household beta-1 × 2 seeds (beta 5 is the main sdar cell)
+    assert len(cells) == 2 * 3 * 2 + 2
+    assert [c.name for c in ex.select(cells, "shop__sdar_ent*")] == ["shop__sdar_ent__s0", "shop__sdar_ent__s1"]
+    bad = copy.deepcopy(g)
+    bad["budget"]["not_a_field"] = 1
+    with pytest.raises(ValueError, match="not_a_field"):
+        ex.expand(bad)
+    bad = copy.deepcopy(g)
+    bad["budget"]["run_dir"] = "x"
+    with pytest.raises(ValueError, match="run_dir"):
+        ex.expand(bad)
+    bad = copy.deepcopy(g)
+    bad["grids"][1]["envs"] = ["nowhere"]
+    with pytest.raises(ValueError, match="nowhere"):
+        ex.expand(bad)
+    bad = copy.deepcopy(g)
+    bad["grids"][0]["methods"] = [{"label": "x", "method": "sdar", "gate": "sideways"}]
+    with pytest.raises(ValueError, match="gate"):
+        ex.expand(bad)
+    with pytest.raises(ValueError, match="seeds"):
+        ex.expand({**g, "seeds": []})
+    with pytest.raises(ValueError, match="warm_start.sft"):
+        ex.expand({**g, "warm_start": {"sft": {"epoch": 3}}})
+
+
+# ----------------------------------------------------------------------------- skip / resume
+class FakeSdar:
+    """Stands in for ``python -m sdar ARGV``: writes what init-model / sft / train write."""
+
+    def __init__(self, fail=()):
+        self.calls, self.fail = [], set(fail)
+
+    def __call__(self, argv, log_path):
+        self.calls.append(list(argv))
+        cmd = argv[0]
+        opt = {argv[i][2:]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("--")}
+        if cmd == "init-model":
+            os.makedirs(opt["out-dir"], exist_ok=True)
+            json.dump({}, open(os.path.join(opt["out-dir"], "sdar_model.json"), "w"))
+        elif cmd == "sft":
+            os.makedirs(opt["out-dir"], exist_ok=True)
+            seed = int(opt["seed"])
+            json.dump({"student": {"success": 0.1 * seed}, "teacher": {"success": 0.5 + 0.1 * seed}},
+                      open(os.path.join(opt["out-dir"], "sft_report.json"), "w"))
+            json.dump({}, open(os.path.join(opt["out-dir"], "config.json"), "w"))  # the weights' config
+        elif cmd == "train":
+            cfg = Config.load(opt["config"])
+            assert cfg.resume
+            path = os.path.join(cfg.run_dir, "metrics.jsonl")
+            done_steps = len(open(path).read().splitlines()) if os.path.exists(path) else 0
+            crash = os.path.basename(cfg.run_dir) in self.fail
+            with open(path, "a") as f:
+                for step in range(done_steps + 1, cfg.steps + 1):
+                    if crash and step == 2:
+                        return 1  # "killed" after step 1
+                    f.write(json.dumps({"step": step, "step_time": 1.0, "eval_success": 0.5}) + "\n")
+        return 0
+
+
+def test_warm_start_shared_skip_and_resume(tmp_path):
+    g = _tiny_grid(tmp_path)
+    fake = FakeSdar(fail={"household__sdar__s1"})
+    summary = ex.run_experiment(g, runner=fake, log=lambda m: None)
+    assert summary["failed"] == ["household__sdar__s1"] and len(summary["ran"]) == 13
+    cmds = [c[0] for c in fake.calls]
+    assert cmds.count("init-model") == cmds.count("sft") == 4  # 2 envs × 2 seeds, shared by all methods
+    assert cmds.count("train") == 14
+    for c in fake.calls:  # each train run starts from its (env, seed)'s SFT checkpoint
+        if c[0] == "train":
+            cfg = Config.load(c[2])
+            cell = os.path.basename(cfg.run_dir)
+            env, seed = cell.split("__")[0], int(cell.rsplit("__s", 1)[1])
+            assert cfg.model_dir == os.path.join(str(tmp_path), "models", f"{env}__s{seed}", "sft")
+            assert cfg.seed == seed
+    failed_dir = tmp_path / "runs" / "household__sdar__s1"
+    assert (failed_dir / "failed.json").exists() and not (failed_dir / "done.json").exists()
+    # the second pass trains only the failed cell, which continues from where it stopped
+    fake2 = FakeSdar()
+    summary = ex.run_experiment(g, runner=fake2, log=lambda m: None)
+    assert summary["ran"] == ["household__sdar__s1"] and len(summary["skipped"]) == 13
+    assert [c[0] for c in fake2.calls] == ["train"]
+    rows = [json.loads(x) for x in open(failed_dir / "metrics.jsonl")]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert not (failed_dir / "failed.json").exists()
+    done = json.load(open(failed_dir / "done.json"))
+    assert done["final_eval"] == {"eval_success": 0.5} and done["steps"] == 3
+    assert json.load(open(failed_dir / "eval.json"))["eval_success"] == 0.5
+    cell = json.load(open(tmp_path / "runs" / "household__sdar__s0" / "cell.json"))
+    assert sorted(cell["groups"]) == ["beta", "main"]
+    # a third pass has nothing to do
+    fake3 = FakeSdar()
+    assert ex.run_experiment(g, runner=fake3, log=lambda m: None)["ran"] == [] and fake3.calls == []
+    # a fresh clone keeps the committed sft_report.json but not the weights: SFT (not init) is rebuilt
+    os.remove(tmp_path / "models" / "shop__s0" / "sft" / "config.json")
+    os.remove(tmp_path / "runs" / "shop__grpo__s0" / "done.json")
+    fake4 = FakeSdar()
+    assert ex.run_experiment(g, runner=fake4, log=lambda m: None)["ran"] == ["shop__grpo__s0"]
+    assert [c[0] for c in fake4.calls] == ["sft", "train"]
+
+
+def test_max_cells_only_and_config_mismatch(tmp_path):
+    g = _tiny_grid(tmp_path)
+    fake = FakeSdar(fail={"shop__grpo__s0"})
+    out = ex.run_experiment(g, only="shop__grpo*", max_cells=1, runner=fake, log=lambda m: None)
+    assert out["failed"] == ["shop__grpo__s0"] and out["ran"] == []
+    assert [c[0] for c in fake.calls] == ["init-model", "sft", "train"]
+    # the started cell may not be resumed under another budget
+    g2 = _tiny_grid(tmp_path, steps=4)
+    with pytest.raises(ValueError, match="different config"):
+        ex.run_cell(g2, ex.select(ex.expand(g2), "shop__grpo__s0")[0], str(tmp_path), runner=FakeSdar())
+    msgs = []
+    ex.run_experiment(g, dry_run=True, runner=FakeSdar(), log=msgs.append)
+    assert "failed   shop__grpo__s0" in msgs[0] and "14 cells (0 done, 14 to run)" in msgs[0]
+
+
+def test_estimate_is_steps_times_step_seconds(tmp_path):
+    g = _tiny_grid(tmp_path)
+    g["estimate"] = {"step_seconds": {"grpo": 2.0, "sdar": 5.0}, "eval_seconds": 1.0, "sft_seconds": 10.0}
+    cells = ex.expand(g)
+    # 4 grpo cells × 3 steps × 2 s + 10 sdar-method cells × 3 × 5 s (sdar_ent falls back to its method);
+    # 4 evals per cell (eval_every 1: steps 0..3); 4 warm starts
+    assert ex.estimate_seconds(g, cells) == 4 * 3 * 2 + 10 * 3 * 5 + 14 * 4 * 1 + 4 * 10
+
+
+# ----------------------------------------------------------------------------- the report
+def _fake_run(root, name, *, groups, method, gate, env_name, evals, gates=None, step_times=(1.0,), types=None):
+    rdir = os.path.join(root, "runs", name)
+    os.makedirs(rdir)
+    env, rest = name.split("__", 1)
+    json.dump({"name": name, "row": name.rsplit("__s", 1)[0], "env": env, "label": rest.split("__")[0], "axes": {},
+               "seed": int(name.rsplit("__s", 1)[1]), "groups": groups,
+               "config": {"method": method, "gate": gate, "env": env_name}}, open(os.path.join(rdir, "cell.json"), "w"))
+    rows = []
+    for i, e in enumerate(evals):
+        row = {"step": i * 10, "eval_success": e, "entropy": 1.0 - 0.1 * i,
+               "step_time": step_times[min(i, len(step_times) - 1)]}
+        if gates:
+            row.update(gates[i])
+        rows.append(row)
+    with open(os.path.join(rdir, "metrics.jsonl"), "w") as f:
+        f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+    final = {"eval_success": evals[-1], "eval_score": evals[-1] / 2}
+    if types:
+        final["eval_success_by_type"] = types
+    json.dump({"name": name, "final_eval": final}, open(os.path.join(rdir, "done.json"), "w"))
+
+
+def test_report_tables_by_hand(tmp_path):
+    root = str(tmp_path / "exp")
+    finals = {"sdar": [0.2, 0.4, 0.9], "grpo_opsd": [0.5, 0.5, 0.8]}
+    for label, vals in finals.items():
+        for seed, v in enumerate(vals):
+            gates = [{"gate_pos_gap_mean": 0.6 + 0.1 * seed + 0.1 * i, "gate_neg_gap_mean": 0.3,
+                      "neg_gap_frac": 0.25, "gap_mean": -0.1} for i in range(2)]
+            _fake_run(root, f"household__{label}__s{seed}", groups=["main"], method=label,
+                      gate="gap", env_name="household", evals=[0.1, v], gates=gates,
+                      step_times=(2.0, 4.0) if label == "sdar" else (1.0, 2.0),
+                      types={"pick": v, "heat": 1 - v})
+    _fake_run(root, "household__grpo__s0", groups=["main"], method="grpo", gate="gap", env_name="household",
+              evals=[0.1, 0.3], step_times=(1.0, 1.0))
+    _fake_run(root, "shop__grpo__s0", groups=["main"], method="grpo", gate="gap", env_name="shop", evals=[0.2, 0.6])
+    os.makedirs(os.path.join(root, "runs", "household__rlsd__s0"))  # started, not finished
+    with open(os.path.join(root, "runs", "household__rlsd__s0", "cell.json"), "w") as f:
+        json.dump({"name": "household__rlsd__s0", "groups": ["main"]}, f)
+    for seed, (s, t) in enumerate([(0.1, 0.5), (0.3, 0.6), (0.2, 0.9)]):
+        d = os.path.join(root, "models", f"household__s{seed}", "sft")
+        os.makedirs(d)
+        json.dump({"student": {"success": s}, "teacher": {"success": t}}, open(os.path.join(d, "sft_report.json"), "w"))
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "RESULTS.md").write_text(
+        f"# Results\n\nhand-written intro\n\n{rp.BEGIN}\nold\n{rp.END}\n\nhand-written outro\n")
+    path = rp.write_report(root, str(docs))
+    text = open(path).read()
+
+    def ms(vals):  # mean ± sample std by hand
+        m = sum(vals) / len(vals)
+        return f"{m:.3f} ± {math.sqrt(sum((v - m) ** 2 for v in vals) / (len(vals) - 1)):.3f}"
+
+    assert ms([0.2, 0.4, 0.9]) == "0.500 ± 0.361"
+    assert "hand-written intro" in text and "hand-written outro" in text and "\nold\n" not in text
+    assert "8 finished runs, 1 unfinished" in text
+    # success, then success by task type (sorted: heat, pick)
+    assert f"| sdar | 3 | {ms([0.2, 0.4, 0.9])} | {ms([0.8, 0.6, 0.1])} | {ms([0.2, 0.4, 0.9])} |" in text
+    assert f"| grpo_opsd | 3 | {ms([0.5, 0.5, 0.8])} |" in text
+    assert "| grpo | 1 | 0.300 |" in text  # one seed: no std
+    assert "| grpo | 1 | 0.600 | 0.300 |" in text  # shop: success, score
+    assert f"| household | 3 | {ms([0.1, 0.3, 0.2])} | {ms([0.5, 0.6, 0.9])} |" in text  # step 0
+    # gate stats: per seed mean over steps (0.65, 0.75, 0.85), then over seeds
+    assert f"| sdar | gap | 3 | {ms([0.65, 0.75, 0.85])} | 0.300 ± 0.000 | 0.250 ± 0.000 | -0.100 ± 0.000 |" in text
+    assert "| grpo_opsd | none | 3 |" in text
+    # wall clock: sdar 3 s/step vs grpo 1 s/step
+    assert "| sdar | 3 | 3.000 ± 0.000 | 3.00 |" in text and "| grpo | 1 | 1.000 | 1.00 |" in text
+    assert "`household__rlsd__s0`" in text
+    for png in ("main_household_success.png", "main_household_entropy.png", "gates_household_gate_pos_gap_mean.png"):
+        data = open(docs / "results" / png, "rb").read()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 1000
+        assert f"(results/{png})" in text
+    # idempotent: a second report replaces the generated part only
+    rp.write_report(root, str(docs))
+    assert open(path).read() == text
+
+
+def test_mean_std_and_markers(tmp_path):
+    assert rp.mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
+    assert rp.mean_std([0.4]) == (0.4, None)
+    with pytest.raises(ValueError):
+        rp.mean_std([])
+    (tmp_path / "RESULTS.md").write_text("no markers here\n")
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ValueError, match="markers"):
+        rp.write_report(str(tmp_path), str(tmp_path))
+
+
+def test_cli_dry_run(capsys):
+    from sdar.cli import main
+
+    assert main(["experiment", os.path.join(ROOT, "experiments", "ablations.json"), "--dry-run",
+                 "--out-dir", "/nonexistent/sdar-exp", "--only", "household__sdar__beta*"]) == 0
+    out = capsys.readouterr().out
+    assert "household__sdar__beta-20__s2" in out and "9 cells (0 done, 9 to run)" in out
+
+
+# ----------------------------------------------------------------------------- a real tiny grid
+@pytest.mark.slow
+def test_quick_grid_end_to_end(tmp_path):
+    """experiments/quick.json (the `sdar demo --quick` budget): init → SFT → grpo and sdar → report."""
+    out = tmp_path / "quick"
+    cmd = [sys.executable, "-m", "sdar", "experiment", os.path.join(ROOT, "experiments", "quick.json"),
+           "--out-dir", str(out)]
+    subprocess.run(cmd, check=True, cwd=ROOT, timeout=900)
+    for cell in ("household__grpo__s0", "household__sdar__s0"):
+        done = json.load(open(out / "runs" / cell / "done.json"))
+        assert 0.0 <= done["final_eval"]["eval_success"] <= 1.0
+        assert [json.loads(x)["step"] for x in open(out / "runs" / cell / "metrics.jsonl")] == [0, 1, 2]
+    assert (out / "models" / "household__s0" / "sft" / "sft_report.json").exists()
+    subprocess.run(cmd + ["--report", "--docs", str(tmp_path / "docs")], check=True, cwd=ROOT, timeout=300)
+    text = (tmp_path / "docs" / "RESULTS.md").read_text()
+    assert "| sdar | 1 |" in text and (tmp_path / "docs" / "results" / "main_household_success.png").exists()
