@@ -6,8 +6,9 @@ checkpoints.
 
 What runs where (``WORLD_SIZE`` > 1):
 
-- **Policy**: sharded with FSDP2 (``fully_shard`` on every transformer block, then the root); the
-  optimizer holds the shards. Only the loss forward/backward runs on the sharded model.
+- **Policy**: sharded with FSDP2 (``fully_shard`` on every transformer block, then on the inner
+  model — the root the loop calls; the tied LM head shares the embedding's shards); the optimizer
+  holds the shards. Only the loss forward/backward runs on the sharded model.
 - **Rollout copy**: every rank also keeps a plain (unsharded) copy of the policy, refreshed from the
   gathered full state dict after each update. The hf engine generates with it and the θ_old pre-pass
   (old log-probs, teacher hidden states) runs on it: generation stops at different turns on different
@@ -28,6 +29,9 @@ What runs where (``WORLD_SIZE`` > 1):
   process); the optimizer state is gathered with ``get_optimizer_state_dict(full_state_dict=True)`` and
   stored in the single-process layout (integer parameter ids), so any world size resumes any other.
   Rank 0 writes the checkpoint, metrics, config and final model.
+
+Limits: tied LM heads only (Qwen3 ≤ 4B, the embedded model); no LoRA; ``tensor_parallel_size`` > 1
+(vLLM) is for single-process training; rank 0 alone evaluates; ``engine_mismatch`` is rank 0's.
 """
 from __future__ import annotations
 
@@ -223,6 +227,6 @@ def close() -> None:
 
 
 __all__ = ["EpisodeStats", "all_gather_objects", "barrier", "close", "fqn_to_index", "full_optimizer_state",
-           "full_state", "gather_episodes", "global_max", "head_weight", "global_sum", "index_to_fqn", "init_from_env", "load_checkpoint",
-           "load_full_state", "load_optimizer_state", "local_device", "rank", "reduce_metric_sums", "shard",
-           "sync_copy", "world_size"]
+           "full_state", "gather_episodes", "global_max", "global_sum", "head_weight", "index_to_fqn",
+           "init_from_env", "load_checkpoint", "load_full_state", "load_optimizer_state", "local_device", "rank",
+           "reduce_metric_sums", "shard", "sync_copy", "world_size"]

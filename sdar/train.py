@@ -187,6 +187,9 @@ def train(cfg: Config) -> dict:
     main = rank == 0  # rank 0 writes config, metrics, checkpoints and the final model
     if world > 1 and cfg.lora_rank > 0:
         raise ValueError("lora_rank: LoRA is not supported with torchrun (FSDP) yet; use full fine-tuning")
+    if world > 1 and cfg.tensor_parallel_size > 1:
+        raise ValueError("tensor_parallel_size: > 1 is for one training process; under torchrun each rank "
+                         "runs its own engine on its GPU")
     if world > 1 and cfg.rollout_split == "split" and cfg.batch_tasks < world:
         raise ValueError(f"batch_tasks: expected >= the world size {world} with rollout_split=split")
     os.makedirs(cfg.run_dir, exist_ok=True)

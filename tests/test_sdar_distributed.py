@@ -21,7 +21,8 @@ TINY = ["--batch-tasks", "2", "--group-size", "2", "--max-turns", "2", "--max-ne
         "--eval-every", "0", "--eval-seeds", "0", "--threads", "1", "--no-progress", "--save-every", "1"]
 # compared between world sizes: the loss terms and the gradient norm (fp reduction order differs:
 # relative 1e-4), and what the rollouts produced (exactly equal: the same tokens were sampled)
-LOSS_KEYS = ("pg_loss", "kl", "entropy", "sdar_loss", "logp_mean", "teacher_logp_mean", "gate_mean", "grad_norm")
+LOSS_KEYS = ("pg_loss", "kl", "entropy", "sdar_loss", "logp_mean", "teacher_logp_mean", "gate_mean", "grad_norm",
+             "adv_abs_mean", "zero_var_group_frac")
 EXACT_KEYS = ("reward", "success", "score", "turns", "invalid_frac", "samples", "response_tokens")
 
 
@@ -209,3 +210,19 @@ def test_one_update_gradient_two_fsdp_processes_equals_one_process(tiny_model, t
     for k in ("pg_loss", "kl", "entropy", "sdar_loss", "grad_norm"):
         assert g2["metrics"][k] == pytest.approx(g1["metrics"][k], rel=1e-4, abs=1e-7), k
     assert g1["metrics"]["pg_loss"] != 0 and g1["metrics"]["kl"] > 0
+
+
+@pytest.mark.slow
+def test_torchrun_three_processes_split_with_minibatches_and_eval(tiny_model, tmp_path):
+    """3 ranks, split rollout (3 tasks: one each), 2 mini-batches × 2 epochs, a sequence-mean
+    aggregation, evaluation on rank 0 at the end: the run completes, logs whole-batch counts once per
+    step, and its checkpoint resumes on 1 process."""
+    run = str(tmp_path / "three")
+    extra = ["--batch-tasks", "3", "--mini-batches", "2", "--ppo-epochs", "2", "--agg", "seq-mean-token-mean",
+             "--eval-seeds", "2", "--micro-batch-tokens", "64"]
+    _train(tiny_model, run, 2, *extra, nproc=3)
+    lines = _lines(run)
+    assert [x["step"] for x in lines] == [1, 2]
+    assert all(x["samples"] >= 3 * 2 for x in lines) and "eval_success" in lines[-1]
+    _train(tiny_model, run, 3, *extra, "--resume")
+    assert [x["step"] for x in _lines(run)] == [1, 2, 3]
