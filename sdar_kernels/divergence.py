@@ -37,7 +37,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .options import IMPLS, REDUCTIONS, check_choice
+from .options import IMPLS, REDUCTIONS, check_choice, check_hidden_and_head
 
 DIVERGENCE_KINDS = ("reverse_kl", "forward_kl", "jsd")
 #: ``sdar_loss`` estimator name → divergence kind (for the integration in ``interface.py``).
@@ -97,17 +97,12 @@ def _check_inputs(student_hidden, teacher_hidden, weight, labels_or_mask, gate=N
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if t.dtype not in _FLOAT_DTYPES:
             raise TypeError(f"{name} must be float32, bfloat16 or float16, got {t.dtype}")
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be 2-D (V, H), got shape {tuple(weight.shape)}")
-    if student_hidden.dim() < 1 or student_hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"student_hidden must have shape (..., H) with H = weight.shape[1] = {weight.shape[1]}, "
-                         f"got {tuple(student_hidden.shape)}")
+    check_hidden_and_head("student_hidden", student_hidden, weight)
     if teacher_hidden.shape != student_hidden.shape:
         raise ValueError(f"teacher_hidden must have the shape of student_hidden {tuple(student_hidden.shape)}, "
                          f"got {tuple(teacher_hidden.shape)}")
-    if not (student_hidden.dtype == teacher_hidden.dtype == weight.dtype):
-        raise TypeError(f"student_hidden, teacher_hidden and weight must share one dtype, got "
-                        f"{student_hidden.dtype}, {teacher_hidden.dtype} and {weight.dtype} (weight dtype mismatch)")
+    if teacher_hidden.dtype != weight.dtype:
+        raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} must match weight dtype {weight.dtype}")
     if not (student_hidden.device == teacher_hidden.device == weight.device):
         raise ValueError("student_hidden, teacher_hidden and weight must be on one device")
     if not isinstance(labels_or_mask, torch.Tensor):

@@ -23,7 +23,7 @@ from . import losses
 from .distributed import naive_sharded_logprobs, vocab_layout
 from .divergence import ESTIMATOR_TO_KIND, gated_divergence
 from .function import LogprobFunction, safe_labels
-from .options import (AGG_MODES, DEFAULT_CHUNK_BYTES, DISTILL_KINDS, ESTIMATORS, FULL_ESTIMATORS, GATES, IMPLS,
+from .options import (AGG_MODES, check_hidden_and_head, DEFAULT_CHUNK_BYTES, DISTILL_KINDS, ESTIMATORS, FULL_ESTIMATORS, GATES, IMPLS,
                       REDUCTIONS, KernelOptions, check_choice)
 from .reference import naive_logprobs
 
@@ -64,13 +64,7 @@ def _prepare(hidden: Tensor, weight: Tensor, labels: Tensor, mask: Tensor | None
     """Validates inputs and flattens them: (h [N, H], labels [N] (-1 where invalid), valid [N], weight_mask [N] fp32, opts)."""
     _check_float(hidden_name, hidden)
     _check_float("weight", weight)
-    if weight.dim() != 2:
-        raise ValueError(f"weight must be (V, H), got shape {tuple(weight.shape)}")
-    if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
-        raise ValueError(f"{hidden_name} must be (..., H) with H = weight.shape[1] = {weight.shape[1]}, "
-                         f"got shape {tuple(hidden.shape)}")
-    if hidden.dtype != weight.dtype:
-        raise TypeError(f"{hidden_name} dtype {hidden.dtype} must match weight dtype {weight.dtype}")
+    check_hidden_and_head(hidden_name, hidden, weight)
     if not isinstance(labels, Tensor) or labels.dtype != torch.int64:
         raise TypeError(f"labels must be an int64 tensor, got {getattr(labels, 'dtype', type(labels).__name__)}")
     if labels.shape != hidden.shape[:-1]:

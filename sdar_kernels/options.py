@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 IMPLS = ("auto", "triton", "chunked", "naive")
 GATES = ("gap", "entropy", "soft_or", "none")
 #: Sampled-token estimators (per-token functions of the log-probs, ``losses.sdar_token_loss``) and the
@@ -48,3 +50,14 @@ class KernelOptions:
     impl: str = "chunked"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
     process_group: object = None
+
+
+def check_hidden_and_head(hidden_name: str, hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    """Shape and dtype agreement of hidden states (..., H) with the head (V, H); errors name the argument."""
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be (V, H), got shape {tuple(weight.shape)}")
+    if hidden.dim() < 1 or hidden.shape[-1] != weight.shape[1]:
+        raise ValueError(f"{hidden_name} must be (..., H) with H = weight.shape[1] = {weight.shape[1]}, "
+                         f"got shape {tuple(hidden.shape)}")
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"{hidden_name} dtype {hidden.dtype} must match weight dtype {weight.dtype}")
