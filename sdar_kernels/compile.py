@@ -59,13 +59,14 @@ def grad(hidden: Tensor, weight: Tensor, labels: Tensor, lse: Tensor, entropy: T
                                     temperature=temperature, vocab_start=vocab_start,
                                     need_hidden_grad=need_hidden_grad, need_weight_grad=need_weight_grad,
                                     **_extra(impl, chunk_bytes))
+    # dW leaves in the head's dtype (the autograd layer would cast it anyway; "two_pass" already writes it so)
     return (hidden.new_empty(0) if dh is None else dh,
-            weight.new_empty(0, dtype=torch.float32) if dw is None else dw)
+            weight.new_empty(0) if dw is None else dw.to(weight.dtype))
 
 
 @grad.register_fake
 def _grad_fake(hidden, weight, labels, lse, entropy, grad_logp, grad_entropy, impl, temperature, vocab_start,
                chunk_bytes, need_hidden_grad, need_weight_grad):
     dh = torch.empty_like(hidden) if need_hidden_grad else hidden.new_empty(0)
-    dw = weight.new_empty(weight.shape if need_weight_grad else (0,), dtype=torch.float32)
+    dw = weight.new_empty(weight.shape if need_weight_grad else (0,))
     return dh, dw

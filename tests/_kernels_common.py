@@ -101,10 +101,13 @@ def err(x, ref) -> float:
     return (x.double() - ref.double()).abs().max().item() if ref.numel() else 0.0
 
 
-def assert_within_naive(name: str, got, naive, ref, dtype: torch.dtype):
-    """The error rule of STYLE §8: |got − ref| ≤ k·|naive − ref| + atol·(1 + max|ref|)."""
+def assert_within_naive(name: str, got, naive, ref, dtype: torch.dtype, magnitude: float = 0.0):
+    """The error rule of STYLE §8: |got − ref| ≤ k·|naive − ref| + atol·(1 + max(max|ref|, magnitude)).
+
+    ``magnitude``: the size of the terms that sum to ``ref`` where it can be far smaller than they are (a
+    gradient that cancels exactly, e.g. V = 1, where p = 1 and dz = a (1 − p) = 0 however large the logits)."""
     k, atol = TOLERANCES[dtype]
-    scale = 1.0 + (ref.double().abs().max().item() if ref.numel() else 0.0)
+    scale = 1.0 + max(ref.double().abs().max().item() if ref.numel() else 0.0, magnitude)
     e_got, e_naive = err(got, ref), err(naive, ref)
     assert torch.isfinite(got.double()).all(), f"{name}: non-finite values"
     assert e_got <= k * e_naive + atol * scale, (

@@ -36,9 +36,15 @@ def _check_against_truth(impl, case, dtype, seed=0, chunk_bytes=None):
     got = _run(impl, case, a, b, chunk_bytes=chunk_bytes)
     assert got[0].dtype == torch.float32 and got[1].dtype == torch.float32
     assert got[2].dtype == dtype and got[3].dtype == dtype
-    for name, x, x_naive, ref in zip(("logp", "entropy", "d_hidden", "d_weight"), got, naive,
-                                     (logp_ref, ent_ref, dh_ref, dw_ref)):
-        assert_within_naive(f"{impl} {name}", x, x_naive, ref, dtype)
+    # A recomputing backward forms p from logits recomputed by another kernel than the forward's: the terms of
+    # dz carry rounding of the size of |a| |z| eps, whatever their sum; scale the gradient bound by |a| |h| / T
+    # and |a| |W| / T (the size of the products summed into dW and dh).
+    up = max(a.abs().max().item(), b.abs().max().item())
+    mag_dh = up * case.weight.double().abs().max().item() / case.temperature
+    mag_dw = up * case.hidden.double().abs().max().item() / case.temperature
+    for name, x, x_naive, ref, mag in zip(("logp", "entropy", "d_hidden", "d_weight"), got, naive,
+                                          (logp_ref, ent_ref, dh_ref, dw_ref), (0.0, 0.0, mag_dh, mag_dw)):
+        assert_within_naive(f"{impl} {name}", x, x_naive, ref, dtype, magnitude=mag)
     assert (got[0][~valid] == 0).all() and (got[1][~valid] == 0).all()
     assert (got[2][~valid] == 0).all()
 

@@ -147,6 +147,8 @@ def _run_case(case, rank, world):
 
 def _worker(rank, world, port, outdir):
     torch.set_num_threads(1)
+    if os.environ.get("SDAR_TEST_DEVICE"):
+        import conftest  # noqa: F401  (a spawned rank: installs the GPU shim of tests/conftest.py here too)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
                            timeout=timedelta(seconds=60))
     results = {}

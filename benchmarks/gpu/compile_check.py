@@ -94,7 +94,7 @@ def main() -> int:
         except Exception as exc:
             failed += 1
             print(f"grad {dt} {cfg} {flags}: FAILED {type(exc).__name__}: {exc}")
-    for dt, cfg in [("bf16", tk._BWD_CUDA), ("fp16", tk._BWD_CUDA), ("fp32", tk._BWD_CUDA_FP32)]:
+    for dt, cfg in [("bf16", tk._DZ_CUDA), ("fp16", tk._DZ_CUDA), ("fp32", tk._BWD_CUDA_FP32)]:
         consts = dict(BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"],
                       GROUP_M=cfg["group_m"], HAS_B=True, UPCAST=False, DOT_PRECISION="ieee")
         t0 = time.time()

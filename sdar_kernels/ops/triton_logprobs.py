@@ -33,9 +33,14 @@ _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 # Default launch configurations: GPU-sensible on CUDA (to be tuned in issue 7), tiny under the interpreter
 # so that the CPU tests stay fast. tl.dot needs every block dimension >= 16.
-_FWD_CUDA = dict(block_m=128, block_n=128, block_k=64, num_warps=8, num_stages=3)
+# bf16/fp16 forward: block_n 256 measured 38.9 ms vs 56.6 ms for 128 x 128 (H200, H 4096, 8k + 8k rows,
+# V 151,936; benchmarks/results/gpu_h200/run1_tune_gpu.md).
+_FWD_CUDA = dict(block_m=128, block_n=256, block_k=64, num_warps=8, num_stages=3)
 _FWD_CUDA_FP32 = dict(block_m=64, block_n=128, block_k=32, num_warps=8, num_stages=3)
 _BWD_CUDA = dict(block_m=128, block_n=128, block_k=64, group_m=8, num_warps=8, num_stages=3)
+# The workspace / two_pass dz kernel alone: 128 x 256 tiles measured 58.0 ms vs 62.3 ms for the whole
+# "workspace" backward (H200, H 4096, N 8k; benchmarks/results/gpu_h200/run2_tune_gpu.md).
+_DZ_CUDA = dict(block_m=128, block_n=256, block_k=64, group_m=8, num_warps=8, num_stages=3)
 _BWD_CUDA_FP32 = dict(block_m=64, block_n=64, block_k=32, group_m=8, num_warps=8, num_stages=2)
 _FWD_INTERP = dict(block_m=16, block_n=32, block_k=16, num_warps=4, num_stages=1)
 _BWD_INTERP = dict(block_m=16, block_n=32, block_k=16, group_m=2, num_warps=4, num_stages=1)
@@ -453,14 +458,24 @@ def row_stats(
     return m_max, s_all, t_all, zy
 
 
-STRATEGIES = ("workspace", "atomic")
+STRATEGIES = ("workspace", "atomic", "two_pass")
 _WORKSPACE_BYTES = 256 * 2**20
+# The backward used when a caller names none (the public API never does): SDAR_TRITON_BACKWARD, read per call.
+_STRATEGY_ENV = "SDAR_TRITON_BACKWARD"
+
+
+def default_strategy() -> str:
+    """``$SDAR_TRITON_BACKWARD`` (one of STRATEGIES) or "workspace"."""
+    value = os.environ.get(_STRATEGY_ENV, "workspace")
+    if value not in STRATEGIES:
+        raise ValueError(f"{_STRATEGY_ENV}: expected one of {STRATEGIES}, got {value!r}")
+    return value
 
 
 def grad(
     hidden: Tensor, weight: Tensor, labels: Tensor, lse: Tensor, entropy: Tensor, grad_logp: Tensor,
     grad_entropy: Tensor | None, *, temperature: float, vocab_start: int = 0, need_hidden_grad: bool = True,
-    need_weight_grad: bool = True, strategy: str = "workspace", workspace_bytes: int | None = None,
+    need_weight_grad: bool = True, strategy: str | None = None, workspace_bytes: int | None = None,
     skip_threshold: float | None = None, block_m: int | None = None, block_n: int | None = None,
     block_k: int | None = None, group_m: int | None = None, num_warps: int | None = None,
     num_stages: int | None = None,
@@ -472,7 +487,8 @@ def grad(
     is compiled out). With p_j = exp(z_j - lse) over the local columns j,
     dz_j = a (1[j = label - vocab_start] - p_j) - b p_j ((z_j - lse) + entropy).
     Returns (dh, dW): dh = dz @ weight / T in hidden's dtype (accumulated in fp32), dW = dz.T @ hidden / T
-    in fp32 [V_local, H]; None for the one not asked for.
+    [V_local, H] in fp32 ("workspace", "atomic") or in weight's dtype ("two_pass"); None for the one not asked
+    for.
 
     ``strategy``:
       * "workspace" (default): chunks of rows; a Triton kernel recomputes the logits and writes dz / T in the
@@ -481,6 +497,12 @@ def grad(
       * "atomic": one fused kernel per (row block, vocabulary tile) adds its dh and dW partials with fp32
         atomics (CCE-style; dh is accumulated in an fp32 [N, H] buffer). ``skip_threshold`` (default None =
         exact) skips the GEMMs of a tile whose |dz| / T is below it everywhere.
+      * "two_pass": no [V, H] fp32 accumulator at all. Pass 1 is "workspace" without dW (rows outer: each row
+        chunk's dh comes out of one cuBLAS GEMM over the whole vocabulary). Pass 2 walks vocabulary slices
+        (all rows x as many columns as the workspace holds): dz for the slice, then dW[slice] = dz.T @ hidden
+        in one GEMM with fp32 accumulation, written in weight's dtype. Extra memory is the workspace alone; the
+        logits are recomputed twice (8 N H V backward flops instead of 6).
+    None: ``$SDAR_TRITON_BACKWARD`` or "workspace" (``default_strategy``).
     Which is faster is a GPU measurement (docs/GPU_NOTES.md). Launch options: ``block_m/block_n/block_k``,
     ``group_m`` (row blocks swept together for L2 reuse), ``num_warps``, ``num_stages``.
     """
@@ -495,6 +517,8 @@ def grad(
     has_b = grad_entropy is not None
     if has_b:
         grad_entropy = _check_vector(grad_entropy, n, "grad_entropy", dev)
+    if strategy is None:
+        strategy = default_strategy()
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy: expected one of {STRATEGIES}, got {strategy!r}")
     if skip_threshold is not None:
@@ -507,7 +531,8 @@ def grad(
     if not isinstance(workspace_bytes, int) or workspace_bytes < 1:
         raise ValueError(f"workspace_bytes: expected an int >= 1, got {workspace_bytes!r}")
     fp32 = weight.dtype == torch.float32
-    defaults = _BWD_INTERP if INTERPRET else (_BWD_CUDA_FP32 if fp32 else _BWD_CUDA)
+    half = _DZ_CUDA if strategy in ("workspace", "two_pass") else _BWD_CUDA
+    defaults = _BWD_INTERP if INTERPRET else (_BWD_CUDA_FP32 if fp32 else half)
     cfg = _config(defaults, dict(block_m=block_m, block_n=block_n, block_k=block_k, group_m=group_m,
                                  num_warps=num_warps, num_stages=num_stages))
     if not need_hidden_grad and not need_weight_grad:
@@ -521,6 +546,14 @@ def grad(
         if strategy == "atomic":
             return _grad_atomic(hidden, weight, labels, coeffs, has_b, temperature, vocab_start,
                                 need_hidden_grad, need_weight_grad, skip_threshold, cfg)
+        if strategy == "two_pass":
+            dh = None
+            if need_hidden_grad:
+                dh, _ = _grad_workspace(hidden, weight, labels, coeffs, has_b, temperature, vocab_start,
+                                        True, False, workspace_bytes, cfg)
+            dw = _dw_by_vocab_slices(hidden, weight, labels, coeffs, has_b, temperature, vocab_start,
+                                     workspace_bytes, cfg) if need_weight_grad else None
+            return dh, dw
         return _grad_workspace(hidden, weight, labels, coeffs, has_b, temperature, vocab_start,
                                need_hidden_grad, need_weight_grad, workspace_bytes, cfg)
 
@@ -581,6 +614,35 @@ def _grad_workspace(hidden, weight, labels, coeffs, has_b, temperature, vocab_st
         if need_dw:
             _accumulate_fp32(dw, dz.t(), h, native)
     return dh, dw
+
+
+def _dw_by_vocab_slices(hidden, weight, labels, coeffs, has_b, temperature, vocab_start, workspace_bytes, cfg):
+    """dW in weight's dtype, one vocabulary slice at a time (all rows): no fp32 [V, H] buffer."""
+    (n, H), V, dev = hidden.shape, weight.shape[0], weight.device
+    bm, bn = cfg["block_m"], cfg["block_n"]
+    native = dev.type == "cuda"
+    dw = torch.zeros(V, H, dtype=weight.dtype if native else torch.float32, device=dev)
+    if n == 0:
+        return dw.to(weight.dtype)
+    ws_dtype = torch.float32 if INTERPRET else weight.dtype
+    width = min(V, max(bn, workspace_bytes // (max(n, 1) * ws_dtype.itemsize) // bn * bn))
+    ws = torch.empty(n, width, dtype=ws_dtype, device=dev)
+    for v0 in range(0, V, width):
+        v1 = min(V, v0 + width)
+        dz = ws[:, : v1 - v0]
+        _dz_kernel[(triton.cdiv(n, bm) * triton.cdiv(v1 - v0, bn),)](
+            hidden, weight[v0:v1], labels, *coeffs, dz,
+            n, v1 - v0, H, vocab_start + v0, 1.0 / temperature,
+            hidden.stride(0), weight.stride(0), dz.stride(0),
+            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["block_k"], GROUP_M=cfg["group_m"], HAS_B=has_b,
+            UPCAST=INTERPRET, DOT_PRECISION=_dot_precision(weight.dtype),
+            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+        )
+        if native:  # cuBLAS: fp32 accumulation over all rows, rounded once into the output slice
+            torch.mm(dz.t(), hidden, out=dw[v0:v1])
+        else:
+            dw[v0:v1] = torch.mm(dz.t().float(), hidden.float())
+    return dw.to(weight.dtype)
 
 
 def _accumulate_fp32(out: Tensor, a: Tensor, b: Tensor, native: bool) -> None:
