@@ -14,12 +14,19 @@ backend's recomputing gradient with the *global* lse and entropy: that gives thi
 exactly and its share of dh = Σ_j dz_j W_j / T over the local columns, so dh is all-reduced (SUM,
 O(N·H), the usual vocab-parallel cost). No [N, V] tensor is ever communicated.
 
+The full-distribution divergences (``divergence.py``) follow the same pattern: the student's and the
+teacher's (m, s) merge into global log-normalisers (``all_reduce_logsumexp``); every divergence is then a
+sum over columns of terms that are local given those normalisers (for JSD_β the mixture M_j is per
+column too), so each rank's partial row sums are all-reduced (SUM, O(N)) into the global D_t (and
+KL(p_S‖M) for the JSD gradient). ∂D_t/∂z_S,j needs only those O(N) global values, so dW stays local and
+dh is all-reduced as above.
+
 Conventions: every rank must call the op with the same hidden states, labels and options, and
 back-propagate the same loss (the loss is replicated, as in Megatron-style vocab-parallel cross
 entropy); ``hidden.grad`` is then the full gradient on every rank and ``weight.grad`` the local
 shard's gradient. A rank that raises (bad input) leaves the others waiting in the next collective
-until the process group's timeout. The naive implementation does the same with local fp32 logits
-and differentiable collectives; the full-distribution SDAR estimators are not vocab-parallel yet.
+until the process group's timeout. The naive implementations do the same with local fp32 logits
+and differentiable collectives (``sum_over_group``, ``enter_group``).
 """
 
 from __future__ import annotations
@@ -78,6 +85,16 @@ def all_reduce_stats(m: Tensor, s: Tensor, t: Tensor, zy: Tensor, process_group)
     return m_global, packed[0], packed[1], packed[2]
 
 
+def all_reduce_logsumexp(m: Tensor, s: Tensor, process_group) -> tuple[Tensor, Tensor]:
+    """Global (M, S) from this shard's row max m and s = Σ_local e^{z − m}: M = max_r m_r and
+    S = Σ_r e^{m_r − M} s_r (one all-reduce MAX and one SUM of the shape of m; any shape)."""
+    m_global = m.clone()
+    dist.all_reduce(m_global, op=dist.ReduceOp.MAX, group=process_group)
+    s_global = s * torch.exp(m - m_global)
+    dist.all_reduce(s_global, op=dist.ReduceOp.SUM, group=process_group)
+    return m_global, s_global
+
+
 def all_reduce_sum(x: Tensor, process_group) -> Tensor:
     """Σ over the group of x (a new tensor); bf16/fp16 are summed in fp32 and cast back."""
     acc = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x.clone()
@@ -112,6 +129,19 @@ class _EnterGroup(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         return all_reduce_sum(grad, ctx.process_group), None
+
+
+def sum_over_group(x: Tensor, process_group) -> Tensor:
+    """Differentiable all-reduce SUM for a replicated loss: forward Σ_r x_r, backward the identity (each
+    rank's upstream gradient, the same on every rank, is ∂L/∂x_r). Its result must only feed replicated
+    computations; a replicated tensor feeding shard-local ones goes through ``enter_group``."""
+    return _SumOverGroup.apply(x, process_group)
+
+
+def enter_group(x: Tensor, process_group) -> Tensor:
+    """Differentiable entry of a replicated tensor into shard-local computations: forward the identity,
+    backward the all-reduce SUM of the partial gradients of the ranks' local consumers."""
+    return _EnterGroup.apply(x, process_group)
 
 
 def naive_sharded_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, valid: Tensor, *, temperature: float,

@@ -28,6 +28,15 @@ by D_t, gated per token exactly like the sampled estimator,
     L = Σ_t mask_t · sg(g_t) · D_t / Σ_t mask_t,
 
 which is ``gated_divergence(student_hidden, teacher_hidden, weight, labels_or_mask, gate, kind=...)``.
+
+Vocab-parallel heads (``process_group=``; layout and conventions in ``distributed.py``): rank r holds
+W[vocab_start_r : vocab_start_r + V_r]. Per row, both sides' (max, Σexp) over the local shard merge into
+the global log-normalisers (all-reduce MAX + SUM, O(N)); given those, log p_S,j, log p_T,j and the JSD
+mixture log M_j are column-local, so each rank's partial row sums of D_t (and of KL(p_S‖M) for the JSD
+gradient) are all-reduced (SUM, O(N)). The student-logit gradient needs only those global row values, so
+dW is this rank's shard and dh is all-reduced (O(N·H)); no [N, V] tensor is communicated. The chunked
+implementation does this per token chunk (3 small all-reduces a chunk), the Triton one per call, the
+naive one with differentiable collectives. ``top_k`` is not available with a vocab-parallel head.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .distributed import vocab_layout
 from .options import IMPLS, REDUCTIONS, check_choice, check_hidden_and_head
 
 DIVERGENCE_KINDS = ("reverse_kl", "forward_kl", "jsd")
@@ -60,6 +70,10 @@ class DivergenceOptions:
     mode: "rows" (output the per-row weighted divergences c_t·D_t, any upstream gradient) or
         "sum" (output the scalar Σ_t c_t·D_t; the gradient can be formed during the forward).
     chunk_bytes: byte budget of the fp32 temporaries of one token chunk (chunked implementation).
+    process_group: the ``torch.distributed`` group over which ``weight`` is split along the vocabulary
+        (None: the head is whole, no communication).
+    vocab_size: the global vocabulary size (``weight.shape[0]`` without a group); with a group the
+        chunked path sizes its token chunks by vocab_size / world so that every rank walks the same chunks.
     """
 
     kind: str = "reverse_kl"
@@ -69,6 +83,8 @@ class DivergenceOptions:
     impl: str = "chunked"
     mode: str = "sum"
     chunk_bytes: int = DEFAULT_CHUNK_BYTES
+    process_group: object = None
+    vocab_size: int = 0
 
 
 def resolve_kind(kind: str, beta: float) -> str:
@@ -135,6 +151,18 @@ def _check_scalars(kind, beta, temperature, top_k, reduction, ignore_index, chun
         raise ValueError(f"chunk_bytes must be a positive int, got {chunk_bytes!r}")
 
 
+def _options(student_hidden, weight, *, kind, beta, temperature, top_k, impl, chunk_bytes, process_group,
+             vocab_start, vocab_size) -> DivergenceOptions:
+    """The resolved options of one call (after the argument checks); the vocabulary layout of the head."""
+    _, vocab_size = vocab_layout(weight, process_group, vocab_start, vocab_size)
+    if process_group is not None and top_k is not None:
+        raise NotImplementedError("top_k is not available with a vocab-parallel head (process_group): the "
+                                  "teacher's top-k set would need a global top-k across the shards")
+    return DivergenceOptions(kind=resolve_kind(kind, float(beta)), beta=float(beta), temperature=float(temperature),
+                             top_k=top_k, impl=resolve_impl(impl, student_hidden.device, top_k),
+                             chunk_bytes=chunk_bytes, process_group=process_group, vocab_size=vocab_size)
+
+
 def _row_mask(labels_or_mask: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """(N,) fp32 row weights m_t: labels → (label != ignore_index); bool → 0/1; float → the values."""
     m = labels_or_mask.reshape(-1)
@@ -174,9 +202,10 @@ def _run(student_hidden, teacher_hidden, weight, m, gate, opts: DivergenceOption
         rows = torch.where(c != 0, d * c, torch.zeros_like(d))
         return rows.reshape(lead_shape) if mode == "rows" else rows.sum()
     if opts.impl == "naive":
-        from .divergence_reference import naive_divergence_rows
+        from .divergence_reference import naive_divergence_rows, naive_sharded_divergence_rows
 
-        d = naive_divergence_rows(hs, ht, weight, opts)  # (N,) fp32, autograd through the student
+        rows_fn = naive_divergence_rows if opts.process_group is None else naive_sharded_divergence_rows
+        d = rows_fn(hs, ht, weight, opts)  # (N,) fp32, autograd through the student
         out = d * c if mode == "rows" else (d * c).sum()
     elif opts.impl == "chunked":
         from .divergence_chunked import ChunkedDivergenceFunction
@@ -192,8 +221,9 @@ def _run(student_hidden, teacher_hidden, weight, m, gate, opts: DivergenceOption
 def fused_divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, weight: torch.Tensor,
                      labels_or_mask: torch.Tensor, *, kind: str = "reverse_kl", beta: float = 0.5,
                      temperature: float = 1.0, top_k: int | None = None, reduction: str = "mean",
-                     ignore_index: int = -100, impl: str = "auto",
-                     chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+                     ignore_index: int = -100, impl: str = "auto", chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+                     process_group=None, vocab_start: int | None = None,
+                     vocab_size: int | None = None) -> torch.Tensor:
     """Full-vocabulary divergence D_t between the student's and the teacher's next-token distributions.
 
     Args:
@@ -201,8 +231,9 @@ def fused_divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
             Receives a gradient.
         teacher_hidden: (..., H), same shape and dtype — hidden states of the teacher context s_t⁺.
             Detached: never receives a gradient.
-        weight: (V, H), same dtype — the LM head shared by both sides. Receives a gradient through the
-            student logits only (none when ``weight.requires_grad`` is False: frozen head, no dW work).
+        weight: (V, H), same dtype — the LM head shared by both sides (this rank's (V_local, H) shard with
+            ``process_group``). Receives a gradient through the student logits only (none when
+            ``weight.requires_grad`` is False: frozen head, no dW work).
         labels_or_mask: (...) — int64/int32 labels (rows equal to ``ignore_index`` are excluded; other
             values are not used) or a bool/float mask m_t (0 = excluded; a float mask weights the rows).
         kind: "reverse_kl" = KL(p_S‖p_T), "forward_kl" = KL(p_T‖p_S) or "jsd" = β·KL(p_T‖M) +
@@ -218,6 +249,15 @@ def fused_divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
         ignore_index: the excluded label value (int labels only).
         impl: "auto" (triton on CUDA without top_k, else chunked), "triton", "chunked" or "naive".
         chunk_bytes: byte budget of one token chunk's fp32 temporaries (chunked only).
+        process_group: None (``weight`` is the whole head) or the ``torch.distributed`` group over which
+            the head is split along the vocabulary (``distributed.py``): ``weight`` is this rank's shard,
+            the hidden states and ``labels_or_mask`` are the same on every rank, the output is the global
+            divergence on every rank, ``student_hidden.grad`` the full gradient (dh is all-reduced) and
+            ``weight.grad`` the local shard's. Every rank must make the same calls with the same options
+            (``chunk_bytes`` included: the chunked path all-reduces per token chunk) and back-propagate the
+            same loss. Not with ``top_k``.
+        vocab_start, vocab_size: the shard's first global id and the global vocabulary size, as in
+            ``fused_logprobs`` (default: shards contiguous in rank order, found with one all-gather).
 
     Returns:
         fp32 scalar (mean/sum) or fp32 (...) tensor (none), differentiable w.r.t. ``student_hidden``
@@ -225,9 +265,9 @@ def fused_divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
     """
     _check_inputs(student_hidden, teacher_hidden, weight, labels_or_mask)
     _check_scalars(kind, beta, temperature, top_k, reduction, ignore_index, chunk_bytes)
-    opts = DivergenceOptions(kind=resolve_kind(kind, float(beta)), beta=float(beta), temperature=float(temperature),
-                             top_k=top_k, impl=resolve_impl(impl, student_hidden.device, top_k),
-                             chunk_bytes=chunk_bytes)
+    opts = _options(student_hidden, weight, kind=kind, beta=beta, temperature=temperature, top_k=top_k, impl=impl,
+                    chunk_bytes=chunk_bytes, process_group=process_group, vocab_start=vocab_start,
+                    vocab_size=vocab_size)
     return _run(student_hidden, teacher_hidden, weight, _row_mask(labels_or_mask, ignore_index), None, opts,
                 reduction)
 
@@ -236,18 +276,20 @@ def gated_divergence(student_hidden: torch.Tensor, teacher_hidden: torch.Tensor,
                      labels_or_mask: torch.Tensor, gate: torch.Tensor, *, kind: str = "reverse_kl",
                      beta: float = 0.5, temperature: float = 1.0, top_k: int | None = None,
                      reduction: str = "mean", ignore_index: int = -100, impl: str = "auto",
-                     chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> torch.Tensor:
+                     chunk_bytes: int = DEFAULT_CHUNK_BYTES, process_group=None, vocab_start: int | None = None,
+                     vocab_size: int | None = None) -> torch.Tensor:
     """The SDAR full-distribution estimator: Σ_t m_t · sg(g_t) · D_t / Σ_t m_t.
 
     Same arguments as :func:`fused_divergence`, plus ``gate`` (...) float — the per-token gate g_t (detached
     here; e.g. σ(β_gate·Δ_t) from the sampled log-probs). The denominator is the mask count Σ m_t, not
     Σ m_t g_t, exactly like the sampled SDAR loss. ``reduction="sum"`` drops the denominator and
-    ``"none"`` returns m_t·g_t·D_t. ``beta`` here is the JSD β, not the gate's β.
+    ``"none"`` returns m_t·g_t·D_t. ``beta`` here is the JSD β, not the gate's β. With ``process_group``
+    (a vocab-parallel head) ``gate`` must be the same on every rank, like the other inputs.
     """
     _check_inputs(student_hidden, teacher_hidden, weight, labels_or_mask, gate)
     _check_scalars(kind, beta, temperature, top_k, reduction, ignore_index, chunk_bytes)
-    opts = DivergenceOptions(kind=resolve_kind(kind, float(beta)), beta=float(beta), temperature=float(temperature),
-                             top_k=top_k, impl=resolve_impl(impl, student_hidden.device, top_k),
-                             chunk_bytes=chunk_bytes)
+    opts = _options(student_hidden, weight, kind=kind, beta=beta, temperature=temperature, top_k=top_k, impl=impl,
+                    chunk_bytes=chunk_bytes, process_group=process_group, vocab_start=vocab_start,
+                    vocab_size=vocab_size)
     return _run(student_hidden, teacher_hidden, weight, _row_mask(labels_or_mask, ignore_index), gate, opts,
                 reduction)

@@ -30,6 +30,15 @@ Two modes (see ``DivergenceOptions.mode``):
 * "rows": the output is the vector c_t D_t and the upstream gradient g_t is arbitrary. dh is still formed
   in the forward per row (∂D_t/∂h_t does not depend on g); dW = Σ_t g_t c_t (…) cannot be, so when the head
   trains, backward recomputes the chunk logits from the saved hidden states (6 GEMM-passes).
+
+Vocab-parallel head (``opts.process_group``; ``distributed.py``): the chunk's logits are this rank's
+columns. Per chunk, the two sides' (max, Σexp) are all-reduced into the global normalisers
+(``all_reduce_logsumexp``), so the in-place log-probs are global ones on local columns; ``_terms`` then
+all-reduces its partial row sums (D, or KL(p_S‖M) and KL(p_T‖M) for JSD) before forming the gradient,
+which needs only those row values. Three O(n) all-reduces a chunk, and one of dh (N, H) per pass; dW is
+this shard's. Every rank must walk the same chunks, so the chunk size follows the mean shard size
+vocab_size / world (a rank with a larger shard exceeds the byte budget by its shard's ratio to the mean),
+and every rank must pass the same ``chunk_bytes``.
 """
 
 from __future__ import annotations
@@ -37,7 +46,9 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 
+from .distributed import all_reduce_logsumexp
 from .divergence import DivergenceOptions
 
 #: Bytes held per (token, vocabulary entry) of a chunk: the student and teacher logits (turned into
@@ -50,21 +61,28 @@ def _rowdot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
 
 
-def _terms(lp_s: torch.Tensor, lp_t: torch.Tensor, kind: str, beta: float, want_grad: bool):
+def _no_reduce(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def _terms(lp_s: torch.Tensor, lp_t: torch.Tensor, kind: str, beta: float, want_grad: bool,
+           reduce=_no_reduce):
     """D (n,) and, if asked, G = ∂D/∂z_S (n, K) from the student/teacher log-probs (n, K) of one chunk.
 
-    ``lp_s`` may be overwritten (it is the caller's temporary).
+    ``lp_s`` may be overwritten (it is the caller's temporary). ``reduce`` maps the chunk's row sums
+    (r, n) over these columns to the row sums over the whole vocabulary (a vocab-parallel all-reduce;
+    the identity on a whole head); it is called exactly once, with or without ``want_grad``.
     """
     if kind == "reverse_kl":
         diff = lp_s - lp_t  # log p_S − log p_T
         p_s = lp_s.exp_()
-        d = _rowdot(p_s, diff)
+        d = reduce(_rowdot(p_s, diff).unsqueeze(0))[0]
         if not want_grad:
             return d, None
         return d, diff.sub_(d.unsqueeze(1)).mul_(p_s)  # p_S (log p_S − log p_T − D)
     if kind == "forward_kl":
         p_t = lp_t.exp()
-        d = _rowdot(p_t, lp_t - lp_s)
+        d = reduce(_rowdot(p_t, lp_t - lp_s).unsqueeze(0))[0]
         if not want_grad:
             return d, None
         return d, lp_s.exp_().sub_(p_t)  # p_S − p_T
@@ -73,7 +91,7 @@ def _terms(lp_s: torch.Tensor, lp_t: torch.Tensor, kind: str, beta: float, want_
     b_t = _rowdot(lp_t.exp(), lp_t - lp_m)  # KL(p_T ‖ M)
     r_s = lp_s.sub_(lp_m)  # log p_S − log M (lp_s is now r_s; p_S = exp(r_s + log M))
     p_s = lp_m.add_(r_s).exp_()  # reuse lp_m's storage for p_S
-    a_s = _rowdot(p_s, r_s)  # KL(p_S ‖ M)
+    a_s, b_t = reduce(torch.stack([_rowdot(p_s, r_s), b_t])).unbind(0)  # KL(p_S ‖ M), KL(p_T ‖ M)
     d = beta * b_t + (1.0 - beta) * a_s
     if not want_grad:
         return d, None
@@ -94,6 +112,11 @@ def chunked_divergence_pass(hs: torch.Tensor, ht: torch.Tensor, weight: torch.Te
     """
     n_tok, _ = hs.shape
     vocab = weight.shape[0]
+    group = opts.process_group
+    # Vocab-parallel: every rank must walk the same chunks (collectives inside), so size them by the
+    # mean shard; the local shard is whole, top_k is refused before this point.
+    step_vocab = vocab if group is None else -(-opts.vocab_size // dist.get_world_size(group))
+    reduce = _no_reduce if group is None else (lambda x: _all_reduce_(x, group))
     w32 = weight.detach() if weight.dtype == torch.float32 else weight.detach().float()  # fp32 maths
     inv_tau = 1.0 / opts.temperature
     top_k = opts.top_k if opts.top_k is not None and opts.top_k < vocab else None
@@ -101,7 +124,7 @@ def chunked_divergence_pass(hs: torch.Tensor, ht: torch.Tensor, weight: torch.Te
     d_out = torch.empty(n_tok, dtype=torch.float32, device=hs.device)
     dh = torch.empty(n_tok, hs.shape[1], dtype=torch.float32, device=hs.device) if need_dh else None
     dw = torch.zeros(vocab, hs.shape[1], dtype=torch.float32, device=hs.device) if need_dw else None
-    step = chunk_rows(n_tok, vocab, opts.chunk_bytes)
+    step = chunk_rows(n_tok, step_vocab, opts.chunk_bytes)
     for a in range(0, n_tok, step):
         b = min(a + step, n_tok)
         n = b - a
@@ -115,10 +138,15 @@ def chunked_divergence_pass(hs: torch.Tensor, ht: torch.Tensor, weight: torch.Te
         # log-probs of both sides, in place, one side at a time (one (n, V) temporary), as
         # (z − max) − log Σ e^{z − max}: near-max entries keep full precision (z − lse with a rounded
         # lse loses |lse|·eps, which matters for large or very negative logits).
-        for side in (z[:n], z[n:]):
-            side.sub_(side.amax(dim=-1, keepdim=True))
-            side.sub_(side.exp().sum(dim=-1, keepdim=True).log_())
-        d, g = _terms(z[:n], z[n:], opts.kind, opts.beta, want_grad)
+        m = z.amax(dim=-1, keepdim=True)  # (2n, 1)
+        z.sub_(m)
+        s = torch.cat([side.exp().sum(dim=-1, keepdim=True) for side in (z[:n], z[n:])])  # (2n, 1)
+        if group is None:
+            z.sub_(s.log_())
+        else:  # global normalisers: log p = (z − m) − ((M − m) + log S)
+            m_all, s_all = all_reduce_logsumexp(m, s, group)
+            z.sub_(s_all.log_().add_(m_all - m))
+        d, g = _terms(z[:n], z[n:], opts.kind, opts.beta, want_grad, reduce)
         d_out[a:b] = d
         if not want_grad:
             continue
@@ -129,7 +157,15 @@ def chunked_divergence_pass(hs: torch.Tensor, ht: torch.Tensor, weight: torch.Te
             torch.mm(g, w32, out=dh[a:b])  # (n, H)
         if need_dw:
             dw.addmm_(g.t(), h_s)  # (V, H) fp32 accumulation, student rows only
+    if need_dh and group is not None:
+        dist.all_reduce(dh, op=dist.ReduceOp.SUM, group=group)  # Σ over shards of Σ_j dz_j W_j
     return d_out, dh, dw
+
+
+def _all_reduce_(x: torch.Tensor, group) -> torch.Tensor:
+    """In-place all-reduce SUM of a fresh O(n) tensor; returns it."""
+    dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+    return x
 
 
 def _weighted_rows(d: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

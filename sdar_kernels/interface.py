@@ -6,10 +6,10 @@ Every function takes ``impl``: "naive" (materialised fp32 logits + autograd, the
 (triton for CUDA tensors, chunked otherwise). Hidden states are (..., H) and labels (...); rows
 are flattened internally and results come back in the labels' shape.
 
-Vocab-parallel heads: ``fused_logprobs``, ``sdar_loss`` and ``grpo_sdar_loss`` take
-``process_group=`` (and optionally ``vocab_start=``/``vocab_size=``) when ``weight`` is this rank's
-shard of a head split along the vocabulary; see ``distributed.py`` for the layout, the collectives
-and the gradient conventions.
+Vocab-parallel heads: ``fused_logprobs``, ``sdar_loss`` and ``grpo_sdar_loss`` (every estimator,
+the full-distribution ones included) take ``process_group=`` (and optionally
+``vocab_start=``/``vocab_size=``) when ``weight`` is this rank's shard of a head split along the
+vocabulary; see ``distributed.py`` for the layout, the collectives and the gradient conventions.
 """
 
 from __future__ import annotations
@@ -197,8 +197,9 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
         impl, temperature, ignore_index, chunk_bytes: as in ``fused_logprobs`` (the full-distribution
             estimators use the divergence module's own default budget when chunk_bytes is None).
         jsd_beta: β of estimator="jsd" in [0, 1] (0 → forward KL, 1 → reverse KL, TRL's convention).
-        process_group, vocab_start, vocab_size: vocab-parallel head, as in ``fused_logprobs``
-            (sampled estimators only; the full-distribution ones raise NotImplementedError).
+        process_group, vocab_start, vocab_size: vocab-parallel head, as in ``fused_logprobs``; every
+            estimator (the full-distribution ones all-reduce O(N) row values per token chunk, and dh, see
+            ``divergence.py``; they need the same ``chunk_bytes`` on every rank).
     Returns:
         ``SDAROutput``: loss; student_logp (carries gradient through the same fused backward, so
         a caller may add a policy term on it and run one backward); detached teacher_logp,
@@ -207,9 +208,6 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
     check_choice("gate", gate, GATES)
     check_choice("estimator", estimator, ESTIMATORS)
     check_choice("reduction", reduction, REDUCTIONS)
-    if estimator in FULL_ESTIMATORS and process_group is not None:
-        raise NotImplementedError(f"estimator={estimator!r} does not support a vocab-parallel head "
-                                  "(process_group); use estimator='sdar' or 'reverse_kl'")
     if not isinstance(teacher_hidden, Tensor) or teacher_hidden.shape != student_hidden.shape:
         raise ValueError(f"teacher_hidden shape {tuple(getattr(teacher_hidden, 'shape', ()))} must equal "
                          f"student_hidden shape {tuple(student_hidden.shape)}")
@@ -228,7 +226,7 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
     if estimator in FULL_ESTIMATORS:
         loss = _full_estimator_loss(student_hidden, teacher_hidden, weight, w.reshape(shape), g.reshape(shape),
                                     estimator=estimator, jsd_beta=jsd_beta, reduction=reduction,
-                                    temperature=temperature, impl=opts.impl, chunk_bytes=chunk_bytes)
+                                    temperature=temperature, impl=opts.impl, chunk_bytes=chunk_bytes, opts=opts)
     else:
         per_token, _ = losses.sdar_token_loss(logp, teacher_logp, gate=g, estimator=estimator)
         per_token = w * per_token
@@ -247,12 +245,15 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
 
 def _full_estimator_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, token_weight: Tensor,
                          gate: Tensor, *, estimator: str, jsd_beta: float, reduction: str, temperature: float,
-                         impl: str, chunk_bytes: int | None) -> Tensor:
+                         impl: str, chunk_bytes: int | None, opts: KernelOptions) -> Tensor:
     """Σ w·sg(g)·D_t (/ Σ w for "mean"; w·g·D per token for "none") through ``gated_divergence``.
 
-    token_weight, gate: fp32 in the labels' shape (w = 0 on excluded rows).
+    token_weight, gate: fp32 in the labels' shape (w = 0 on excluded rows). ``opts`` carries the
+    vocabulary layout (a vocab-parallel head's group and offsets, already resolved: no collective here).
     """
     extra = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
+    if opts.process_group is not None:
+        extra.update(process_group=opts.process_group, vocab_start=opts.vocab_start, vocab_size=opts.vocab_size)
     return gated_divergence(student_hidden, teacher_hidden, weight, token_weight, gate,
                             kind=ESTIMATOR_TO_KIND[estimator], beta=jsd_beta, temperature=temperature,
                             reduction=reduction, impl=impl, **extra)
@@ -309,7 +310,7 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
         distill: "sdar" | "skill_sd" (ρ·k3, ρ = exp(min(logp − logp_old, max_log_ratio)) detached)
             | "none". rlsd_coef: λ of RLSD advantage reweighting (0 = off; needs the teacher).
         temperature, ignore_index, impl, chunk_bytes, process_group, vocab_start, vocab_size: as in
-            ``fused_logprobs`` (a vocab-parallel head works with the sampled estimators only).
+            ``fused_logprobs`` (a vocab-parallel head works with every ``sdar_estimator``).
     Returns:
         (loss, metrics): loss is a differentiable fp32 scalar. metrics holds detached fp32 scalars:
         pg_loss, kl, entropy (aggregated like the loss), sdar_loss (token mean of the distillation
@@ -336,9 +337,6 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
     if labels.dim() < 1 and agg != "token-mean":
         raise ValueError(f"agg={agg!r} needs labels with a token dimension")
     full = sdar_estimator in FULL_ESTIMATORS and distill == "sdar" and teacher_hidden is not None
-    if full and process_group is not None:
-        raise NotImplementedError(f"sdar_estimator={sdar_estimator!r} does not support a vocab-parallel head "
-                                  "(process_group); use 'sdar' or 'reverse_kl'")
     h_s, y, valid, w, opts = _prepare(student_hidden, weight, labels, mask, temperature=temperature,
                                       ignore_index=ignore_index, impl=impl, chunk_bytes=chunk_bytes,
                                       hidden_name="student_hidden", process_group=process_group,
@@ -374,7 +372,7 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
         distill_loss = _full_estimator_loss(student_hidden, teacher_hidden, weight, tok_w.reshape(shape),
                                             terms["gate"].reshape(shape), estimator=sdar_estimator,
                                             jsd_beta=jsd_beta, reduction="sum", temperature=temperature,
-                                            impl=opts.impl, chunk_bytes=chunk_bytes)
+                                            impl=opts.impl, chunk_bytes=chunk_bytes, opts=opts)
         loss = loss + sdar_coef * distill_loss
         terms = dict(terms, distill=None, distill_total=distill_loss.detach())
     return loss, _grpo_metrics(terms, logp.detach(), entropy.detach(), teacher_logp, valid, agg_w, tok_w)
