@@ -7,8 +7,9 @@ checkpoints.
 What runs where (``WORLD_SIZE`` > 1):
 
 - **Policy**: sharded with FSDP2 (``fully_shard`` on every transformer block, then on the inner
-  model — the root the loop calls; the tied LM head shares the embedding's shards); the optimizer
-  holds the shards. Only the loss forward/backward runs on the sharded model.
+  model — the root the loop calls; a tied LM head shares the embedding's shards, an untied one joins
+  the root group); the optimizer holds the shards. Only the loss forward/backward runs on the sharded
+  model.
 - **Rollout copy**: every rank also keeps a plain (unsharded) copy of the policy, refreshed from the
   gathered full state dict after each update. The hf engine generates with it and the θ_old pre-pass
   (old log-probs, teacher hidden states) runs on it: generation stops at different turns on different
@@ -30,8 +31,8 @@ What runs where (``WORLD_SIZE`` > 1):
   stored in the single-process layout (integer parameter ids), so any world size resumes any other.
   Rank 0 writes the checkpoint, metrics, config and final model.
 
-Limits: tied LM heads only (Qwen3 ≤ 4B, the embedded model); no LoRA; ``tensor_parallel_size`` > 1
-(vLLM) is for single-process training; rank 0 alone evaluates; ``engine_mismatch`` is rank 0's.
+Limits: no LoRA; ``tensor_parallel_size`` > 1 (vLLM) is for single-process training; rank 0 alone
+evaluates; ``engine_mismatch`` is rank 0's.
 """
 from __future__ import annotations
 
@@ -71,24 +72,44 @@ def local_device(device: torch.device) -> torch.device:
 def shard(model: torch.nn.Module) -> torch.nn.Module:
     """FSDP2: ``fully_shard`` each transformer block, then the root (in place; returns ``model``).
 
-    After a forward the root group stays unsharded, so :func:`head_weight` read after the forward is
-    the full head weight, and its gradient is reduce-scattered with the rest. Tied heads only."""
+    The loop runs the inner model (hidden states) and reads the head weight itself, never the CausalLM
+    forward, so the inner model is the FSDP root and the LM head is made part of its group: after a
+    forward the root group stays unsharded, so :func:`head_weight` read after the forward is the full
+    head weight, and its gradient is reduce-scattered with the rest in the root's post-backward.
+
+    - tied head (Qwen3 ≤ 4B, the embedded model): re-pointed at the sharded embedding, so the
+      optimizer sees one parameter; the full weight is the embedding's.
+    - untied head (Qwen3 ≥ 8B): its parameter joins the root group. ``fully_shard`` takes a group's
+      parameters from the module tree at the call, so the head is registered under the inner model
+      for the call only; FSDP keeps swapping ``lm_head.weight`` (sharded ↔ full) on the head module
+      itself, and the parameter names stay the single-process ones (``lm_head.weight``)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
     dev = next(model.parameters()).device
     mesh = init_device_mesh(dev.type, (world_size(),))
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = _inner(model)
+    tied = _tied(inner)
     for block in inner.model.layers:
         fully_shard(block, mesh=mesh)
-    if not _tied(inner):
-        raise ValueError("model: FSDP training supports tied LM heads (tie_word_embeddings=True) only")
-    # the loop runs the inner model (hidden states) and reads the head weight itself, never the
-    # CausalLM forward: the inner model is the FSDP root, and the tied head is re-pointed at the
-    # sharded embedding so the optimizer sees one parameter
-    fully_shard(inner.model, mesh=mesh)
-    inner.lm_head.weight = inner.model.embed_tokens.weight
+    if tied:
+        fully_shard(inner.model, mesh=mesh)
+        inner.lm_head.weight = inner.model.embed_tokens.weight
+    else:
+        inner.model.add_module(_HEAD_IN_ROOT, inner.lm_head)
+        try:
+            fully_shard(inner.model, mesh=mesh)
+        finally:
+            delattr(inner.model, _HEAD_IN_ROOT)
+    inner.sdar_tied_head = tied  # read by head_weight: after a forward the tied pair is no longer one tensor
     return model
+
+
+_HEAD_IN_ROOT = "sdar_lm_head"  # the untied head's name under the root while the root group is formed
+
+
+def _inner(model) -> torch.nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def _tied(inner) -> bool:
@@ -96,9 +117,10 @@ def _tied(inner) -> bool:
 
 
 def head_weight(model) -> torch.Tensor:
-    """The LM-head weight of a sharded model; full (unsharded) after a forward of the root."""
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return inner.model.embed_tokens.weight
+    """The LM-head weight of a model sharded by :func:`shard`; full (unsharded) after a forward of the
+    root: the embedding's for a tied head, ``lm_head.weight`` for an untied one."""
+    inner = _inner(model)
+    return inner.model.embed_tokens.weight if inner.sdar_tied_head else inner.lm_head.weight
 
 
 def full_state(model: torch.nn.Module) -> dict:

@@ -1,6 +1,7 @@
 """Multi-process training (sdar.distributed) on CPU with gloo: the gathered group statistics, the
 gradient of one update on a fixed batch (2 FSDP processes vs 1 process), the loss trajectory of a
-torchrun run vs a single-process run on the same rollouts, and checkpoints moving between world sizes."""
+torchrun run vs a single-process run on the same rollouts, and checkpoints moving between world sizes —
+with a tied LM head (the embedded model) and an untied one (``tie_word_embeddings=False``, Qwen3 ≥ 8B)."""
 import json
 import os
 import shutil
@@ -76,6 +77,32 @@ def tiny_model(tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope="module")
+def untied_model(tiny_model, tmp_path_factory):
+    """The tiny model with an untied LM head (``tie_word_embeddings=False``, as Qwen3 ≥ 8B): the body
+    and tokenizer of ``tiny_model``, the head the embedding plus noise (so a head trained as the
+    embedding, or not trained, shows)."""
+    from safetensors.torch import load_file
+    from transformers import AutoConfig, Qwen3ForCausalLM
+
+    out = str(tmp_path_factory.mktemp("model") / "untied")
+    shutil.copytree(tiny_model, out)
+    cfg = AutoConfig.from_pretrained(tiny_model)
+    cfg.tie_word_embeddings = False
+    model = Qwen3ForCausalLM(cfg)
+    tied = load_file(os.path.join(tiny_model, "model.safetensors"))
+    loaded = model.load_state_dict({k: v for k, v in tied.items() if k != "lm_head.weight"}, strict=False)
+    assert loaded.missing_keys == ["lm_head.weight"] and not loaded.unexpected_keys
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        emb = model.model.embed_tokens.weight
+        model.lm_head.weight.copy_(emb + 0.5 * emb.std() * torch.randn(emb.shape, generator=g))
+    model.save_pretrained(out, safe_serialization=True)
+    saved = load_file(os.path.join(out, "model.safetensors"))
+    assert not torch.equal(saved["lm_head.weight"], saved["model.embed_tokens.weight"])
+    return out
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -148,6 +175,61 @@ def test_torchrun_matches_single_process_and_checkpoints_cross_world_sizes(tiny_
     assert w4.keys() == w5.keys() and any(not torch.equal(w4[k], w5[k]) for k in w4)  # step 5 trained
 
 
+def test_torchrun_untied_head_matches_single_process_and_resumes(untied_model, tmp_path):
+    """An untied LM head (``tie_word_embeddings=False``, Qwen3 ≥ 8B) under FSDP: ``torchrun
+    --nproc_per_node=2`` with ``--rollout-split replicate`` logs the single-process loss trajectory over
+    3 steps (relative 1e-4). Its step-3 checkpoint holds what the single-process one holds — the weights
+    with their own ``lm_head.weight`` (trained, still apart from the embedding) and the AdamW moments
+    at the same single-process parameter positions. Checkpoints cross world sizes both ways: the
+    2-process step-3 checkpoint resumes on 1 process and the 1-process one on 2 processes, and step 4
+    matches the uninterrupted single-process run each time."""
+    from safetensors.torch import load_file
+
+    from sdar.checkpoint import LATEST
+
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    opts = ("--rollout-split", "replicate", "--keep-checkpoints", "4")
+    _train(untied_model, one, 4, *opts)
+    _train(untied_model, two, 3, *opts, nproc=2)
+    a, b = _lines(one), _lines(two)
+    assert [x["step"] for x in b] == [1, 2, 3]
+    for x, y in zip(a, b):
+        _assert_same_step(x, y)
+    assert any(x["kl"] > 0 for x in b) and all(x["grad_norm"] > 0 for x in b)
+    # the step-3 checkpoints: weights, then the optimizer state position by position
+    ck1, ck2 = (os.path.join(r, "checkpoints", "step_000003") for r in (one, two))
+    w0 = load_file(os.path.join(untied_model, "model.safetensors"))
+    w1, w2 = (load_file(os.path.join(c, "model.safetensors")) for c in (ck1, ck2))
+    assert w1.keys() == w2.keys() and "lm_head.weight" in w2
+    for k in w1:
+        torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-5, msg=k)  # 3 AdamW steps of lr 2e-4
+    head_step = (w2["lm_head.weight"] - w0["lm_head.weight"]).abs().max()
+    assert head_step > 1e-4 and not torch.equal(w2["lm_head.weight"], w2["model.embed_tokens.weight"])
+    o1, o2 = (torch.load(os.path.join(c, "optimizer.pt"), weights_only=False) for c in (ck1, ck2))
+    assert o2["param_groups"][0]["params"] == o1["param_groups"][0]["params"]
+    assert o2["state"].keys() == o1["state"].keys()
+    for i, s1 in o1["state"].items():
+        for k in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(o2["state"][i][k], s1[k], rtol=0, atol=1e-4 * float(s1[k].abs().max()),
+                                       msg=f"{i} {k}")
+    # 2 processes -> 1 process
+    _train(untied_model, two, 4, *opts, "--resume")
+    b = _lines(two)
+    assert [x["step"] for x in b] == [1, 2, 3, 4]
+    _assert_same_step(a[3], b[3])
+    final = load_file(os.path.join(two, "final", "model.safetensors"))
+    assert final.keys() == w0.keys() and not torch.equal(final["lm_head.weight"], w2["lm_head.weight"])
+    # 1 process -> 2 processes: the single-process run from its step-3 checkpoint
+    resumed = str(tmp_path / "resumed")
+    shutil.copytree(one, resumed)
+    with open(os.path.join(resumed, "checkpoints", LATEST), "w") as f:
+        f.write("step_000003")
+    _train(untied_model, resumed, 4, *opts, "--resume", nproc=2)
+    c = _lines(resumed)
+    assert [x["step"] for x in c] == [1, 2, 3, 4] and c[:3] == a[:3]
+    _assert_same_step(a[3], c[3])
+
+
 WORKER = r'''
 import sys
 import torch
@@ -194,17 +276,23 @@ D.close()
 '''
 
 
-def test_one_update_gradient_two_fsdp_processes_equals_one_process(tiny_model, tmp_path):
+@pytest.mark.parametrize("head", ["tied", "untied"])
+def test_one_update_gradient_two_fsdp_processes_equals_one_process(head, request, tmp_path):
     """One SGD(lr=1) step of ``update`` on a fixed batch (PG with non-zero advantages, KL, entropy, SDAR;
     several micro-batches, unequal counts per rank): the 2-process FSDP gradient equals the
-    1-process gradient (relative 1e-4 of its largest entry), and so do the logged metrics."""
+    1-process gradient (relative 1e-4 of its largest entry), and so do the logged metrics — with a
+    tied LM head and with an untied one (its own gradient, reduce-scattered with the root group)."""
+    model_dir = request.getfixturevalue("tiny_model" if head == "tied" else "untied_model")
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
-    _run([str(script), tiny_model, str(tmp_path / "g1.pt")])
-    _run([str(script), tiny_model, str(tmp_path / "g2.pt")], nproc=2)
+    _run([str(script), model_dir, str(tmp_path / "g1.pt")])
+    _run([str(script), model_dir, str(tmp_path / "g2.pt")], nproc=2)
     g1, g2 = torch.load(tmp_path / "g1.pt"), torch.load(tmp_path / "g2.pt")
     scale = max(float(v.abs().max()) for v in g1["grad"].values())
     assert scale > 1e-3  # a real gradient
+    assert g1["grad"].keys() == g2["grad"].keys() and "lm_head.weight" in g1["grad"]
+    d_head, d_emb = g1["grad"]["lm_head.weight"], g1["grad"]["model.embed_tokens.weight"]
+    assert torch.equal(d_head, d_emb) == (head == "tied") and d_head.abs().max() > 1e-3 * scale
     for k, v in g1["grad"].items():
         torch.testing.assert_close(g2["grad"][k], v, rtol=0, atol=1e-4 * scale, msg=k)
     for k in ("pg_loss", "kl", "entropy", "sdar_loss", "grad_norm"):
