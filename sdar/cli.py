@@ -4,7 +4,7 @@
     sdar sft                       warm-start it on expert trajectories (reports student vs teacher)
     sdar train                     GRPO / SDAR / baselines (``--method``), resumable (``--resume``)
     sdar eval                      success on a held-out split, JSON
-    sdar plot RUN_DIR              PNG curves of a run
+    sdar plot RUN_DIR [RUN_DIR ...] PNG curves of a run (several: eval and training success compared)
     sdar experiment CONFIG.json    a resumable grid of runs (the evidence study; sdar.experiment)
     sdar report RUNS_DIR           aggregate a grid into docs/RESULTS.md (sdar.report)
     sdar demo                      the README main job: init → SFT → SDAR on household → eval before/after
@@ -40,9 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=None, help="a config.json to start from (command-line options override it)")
     add_dataclass_args(p, Config)
     add_dataclass_args(sub.add_parser("eval", help="evaluate a model on a held-out split"), EvalConfig)
-    p = sub.add_parser("plot", help="PNG curves of a run")
-    p.add_argument("run_dir", help="run directory holding metrics.jsonl")
-    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png)")
+    p = sub.add_parser("plot", help="PNG curves of a run, or a comparison of several runs")
+    p.add_argument("run_dir", nargs="+", help="run directory holding metrics.jsonl (several: a comparison)")
+    p.add_argument("--out", default=None, help="PNG path (default RUN_DIR/curves.png; required for several runs)")
     p = sub.add_parser("demo", help="init model → SFT → SDAR training on household → eval before/after")
     p.add_argument("--out-dir", default="runs/demo", help="where models, the run and the report go")
     p.add_argument("--method", default="sdar", help="training method (default sdar)")
@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     _setup_env()
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "init-model":
         cfg = config_from_args(args, InitConfig)
         if args.out_dir_pos:
@@ -92,9 +93,14 @@ def main(argv: list[str] | None = None) -> int:
 
         print(json.dumps(run_eval(config_from_args(args, EvalConfig)), indent=2))
     elif args.command == "plot":
-        from sdar.plot import plot_run
+        from sdar.plot import plot_compare, plot_run
 
-        print(plot_run(args.run_dir, args.out))
+        if len(args.run_dir) == 1:
+            print(plot_run(args.run_dir[0], args.out))
+        elif not args.out:
+            parser.error("plot: --out is required when comparing several runs")
+        else:
+            print(plot_compare(args.run_dir, args.out))
     elif args.command in ("experiment", "report"):
         from sdar.experiment import main as experiment_main
 

@@ -50,6 +50,8 @@ def evaluate_policy(engine, tokenizer, *, env_name: str, preset: str = "small", 
         by_type[e.task_type].append(e.won)
     out["success_by_type"] = {k: sum(v) / len(v) for k, v in sorted(by_type.items())}
     out["n_by_type"] = {k: len(v) for k, v in sorted(by_type.items())}
+    # per task, in seed order: two evaluations on the same seeds compare pairwise (a paired test)
+    out["won_by_seed"] = [int(e.won) for e in sorted(episodes, key=lambda e: e.task_seed)]
     return out
 
 

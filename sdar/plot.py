@@ -1,4 +1,7 @@
-"""``sdar plot RUN_DIR``: PNG curves of a run's ``metrics.jsonl`` (matplotlib, Agg backend)."""
+"""``sdar plot RUN_DIR [RUN_DIR ...]``: PNG curves of runs' ``metrics.jsonl`` (matplotlib, Agg backend).
+
+One run: every logged metric in its own panel. Several runs: a comparison — held-out eval success (± one
+binomial standard error) and the training success (moving average) of each run on shared axes."""
 from __future__ import annotations
 
 import json
@@ -50,4 +53,39 @@ def plot_run(run_dir: str, out: str | None = None) -> str:
     return out
 
 
-__all__ = ["plot_run", "read_metrics"]
+def plot_compare(run_dirs: list[str], out: str, window: int = 10) -> str:
+    """Eval success (± s.e.) and moving-average training success of several runs, side by side; returns ``out``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_eval, ax_train) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for run_dir in run_dirs:
+        rows = read_metrics(run_dir)
+        label = os.path.basename(os.path.abspath(run_dir))
+        ev = [(r["step"], r["eval_success"], r.get("eval_n", sum((r.get("eval_n_by_type") or {}).values())))
+              for r in rows if isinstance(r.get("eval_success"), (int, float))]
+        if ev:
+            xs, ys, ns = zip(*ev)
+            errs = [math.sqrt(max(y * (1 - y), 0.0) / n) if n else 0.0 for y, n in zip(ys, ns)]
+            ax_eval.errorbar(xs, ys, yerr=errs, marker="o", markersize=4, capsize=3, label=label)
+        tr = [(r["step"], r["success"]) for r in rows if isinstance(r.get("success"), (int, float))]
+        if tr:
+            xs, ys = zip(*tr)
+            avg = [sum(ys[max(0, i - window + 1): i + 1]) / len(ys[max(0, i - window + 1): i + 1])
+                   for i in range(len(ys))]
+            ax_train.plot(xs, avg, label=label)
+    ax_eval.set_title("held-out eval success (± s.e.)", fontsize=10)
+    ax_train.set_title(f"training success (T = rollout temperature), mean of {window} steps", fontsize=10)
+    for ax in (ax_eval, ax_train):
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out
+
+
+__all__ = ["plot_compare", "plot_run", "read_metrics"]

@@ -70,6 +70,12 @@ def test_smoke_train_logs_checkpoints_and_plots(tiny_model, tmp_path):
     start, _ = load_model(tiny_model, train=False)
     assert any(not torch.equal(a, b) for a, b in zip(model.parameters(), start.parameters())), "weights did not move"
     assert os.path.getsize(plot_run(run)) > 1000
+    from sdar.cli import main as cli_main
+    from sdar.plot import plot_compare
+
+    assert os.path.getsize(plot_compare([run, run], str(tmp_path / "cmp.png"))) > 1000
+    with pytest.raises(SystemExit):  # several runs need --out
+        cli_main(["plot", run, run])
     from sdar.config import EvalConfig
     from sdar.evaluate import run_eval
 
@@ -77,6 +83,7 @@ def test_smoke_train_logs_checkpoints_and_plots(tiny_model, tmp_path):
     res = run_eval(EvalConfig(model_dir=os.path.join(run, "checkpoints", "step_000002"), seeds=2, max_turns=2,
                               max_new_tokens=12, threads=1, out=str(out)))
     assert res["n"] == 2 and json.loads(out.read_text())["success"] == res["success"]
+    assert len(res["won_by_seed"]) == 2 and sum(res["won_by_seed"]) / 2 == res["success"]
     # the checkpoint holds the final weights: the same evaluation as the exported final model
     assert run_eval(EvalConfig(model_dir=run, seeds=2, max_turns=2, max_new_tokens=12, threads=1))["reward"] == \
         res["reward"]
