@@ -22,6 +22,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
+from bench_gpu import _events_ms, machine_rates  # noqa: E402
 
 VOCAB = 151_936
 # First entries: the defaults (the reference of the error column). Round 1 on an H200 (block_n 128 default then)
@@ -44,21 +46,7 @@ def _median_ms(fn, reps=7, warmup=2):
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b))
-    return statistics.median(times)
-
-
-def _matmul_tflops():
-    x = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    y = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
-    return 2 * 8192**3 / (_median_ms(lambda: x @ y) * 1e-3) / 1e12
+    return _events_ms(fn, reps)
 
 
 def _rel(a, b):
@@ -82,7 +70,7 @@ def main(argv=None) -> int:
     hs = torch.randn(n, h, device="cuda", generator=g).bfloat16()
     ht = (hs.float() + 0.3 * torch.randn(n, h, device="cuda", generator=g)).bfloat16()
     y = torch.randint(0, VOCAB, (n,), device="cuda", generator=g)
-    rate = _matmul_tflops()
+    rate, _ = machine_rates()
     rows = []
     ref = tk.row_stats([hs, ht], w, [y, y], temperature=1.0)
     for cfg in FWD:

@@ -582,7 +582,7 @@ def _grad_atomic(hidden, weight, labels, coeffs, has_b, temperature, vocab_start
 def _grad_workspace(hidden, weight, labels, coeffs, has_b, temperature, vocab_start, need_dh, need_dw,
                     workspace_bytes, cfg):
     (n, H), V, dev = hidden.shape, weight.shape[0], weight.device
-    bm, bn = cfg["block_m"], cfg["block_n"]
+    bm = cfg["block_m"]
     dh = torch.empty_like(hidden) if need_dh else None
     dw = torch.zeros(V, H, dtype=torch.float32, device=dev) if need_dw else None
     if n == 0:
@@ -598,14 +598,7 @@ def _grad_workspace(hidden, weight, labels, coeffs, has_b, temperature, vocab_st
         c1 = min(n, c0 + chunk)
         dz = ws[: c1 - c0]
         h = hidden[c0:c1]
-        _dz_kernel[(triton.cdiv(c1 - c0, bm) * triton.cdiv(V, bn),)](
-            h, weight, labels[c0:c1], *(c[c0:c1] for c in coeffs), dz,
-            c1 - c0, V, H, vocab_start, 1.0 / temperature,
-            hidden.stride(0), weight.stride(0), dz.stride(0),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["block_k"], GROUP_M=cfg["group_m"], HAS_B=has_b,
-            UPCAST=INTERPRET, DOT_PRECISION=_dot_precision(weight.dtype),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )
+        _launch_dz(h, weight, labels[c0:c1], [c[c0:c1] for c in coeffs], dz, vocab_start, has_b, temperature, cfg)
         if need_dh:
             if native:  # cuBLAS, fp32 accumulation, written straight into the output rows
                 torch.mm(dz, weight, out=dh[c0:c1])
@@ -616,10 +609,23 @@ def _grad_workspace(hidden, weight, labels, coeffs, has_b, temperature, vocab_st
     return dh, dw
 
 
+def _launch_dz(hidden, weight, labels, coeffs, dz, vocab_start, has_b, temperature, cfg):
+    """dz / T for rows ``hidden`` [n, H] and the columns of ``weight`` [v, H] (global ids from vocab_start) into
+    ``dz`` [n, v] (row stride free): the one launch of ``_dz_kernel`` both workspace strategies use."""
+    (n, H), v = hidden.shape, weight.shape[0]
+    _dz_kernel[(triton.cdiv(n, cfg["block_m"]) * triton.cdiv(v, cfg["block_n"]),)](
+        hidden, weight, labels, *coeffs, dz, n, v, H, vocab_start, 1.0 / temperature,
+        hidden.stride(0), weight.stride(0), dz.stride(0),
+        BLOCK_M=cfg["block_m"], BLOCK_N=cfg["block_n"], BLOCK_K=cfg["block_k"], GROUP_M=cfg["group_m"],
+        HAS_B=has_b, UPCAST=INTERPRET, DOT_PRECISION=_dot_precision(weight.dtype),
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
+    )
+
+
 def _dw_by_vocab_slices(hidden, weight, labels, coeffs, has_b, temperature, vocab_start, workspace_bytes, cfg):
     """dW in weight's dtype, one vocabulary slice at a time (all rows): no fp32 [V, H] buffer."""
     (n, H), V, dev = hidden.shape, weight.shape[0], weight.device
-    bm, bn = cfg["block_m"], cfg["block_n"]
+    bn = cfg["block_n"]
     native = dev.type == "cuda"
     dw = torch.zeros(V, H, dtype=weight.dtype if native else torch.float32, device=dev)
     if n == 0:
@@ -630,14 +636,7 @@ def _dw_by_vocab_slices(hidden, weight, labels, coeffs, has_b, temperature, voca
     for v0 in range(0, V, width):
         v1 = min(V, v0 + width)
         dz = ws[:, : v1 - v0]
-        _dz_kernel[(triton.cdiv(n, bm) * triton.cdiv(v1 - v0, bn),)](
-            hidden, weight[v0:v1], labels, *coeffs, dz,
-            n, v1 - v0, H, vocab_start + v0, 1.0 / temperature,
-            hidden.stride(0), weight.stride(0), dz.stride(0),
-            BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=cfg["block_k"], GROUP_M=cfg["group_m"], HAS_B=has_b,
-            UPCAST=INTERPRET, DOT_PRECISION=_dot_precision(weight.dtype),
-            num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
-        )
+        _launch_dz(hidden, weight[v0:v1], labels, coeffs, dz, vocab_start + v0, has_b, temperature, cfg)
         if native:  # cuBLAS: fp32 accumulation over all rows, rounded once into the output slice
             torch.mm(dz.t(), hidden, out=dw[v0:v1])
         else:
