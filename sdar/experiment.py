@@ -25,7 +25,9 @@ the ablations reuse it instead of training it twice. Different configs writing i
 error (never mix budgets in one directory).
 
 **Shared warm start.** One init + SFT per (env, seed) under ``out_dir/models/{env}__s{seed}``, reused
-by every method of that env and seed, so all methods start from the same checkpoint; its
+by every method of that env and seed, so all methods start from the same checkpoint (with
+``warm_start.seed: K`` one warm start per env, built with seed K, is shared by every training seed too:
+the seeds then measure the spread of RL alone, as with one pretrained model); its
 ``sft_report.json`` records the student's and the skill-prompted teacher's success at step 0. With
 ``warm_start.model_dir`` (full scale) there is no SFT; ``eval_step0`` evaluates the base model without
 and with skills once per (env, seed) instead.
@@ -73,6 +75,7 @@ class Cell:
     seed: int
     overrides: dict  # Config fields (budget ∪ env ∪ method ∪ axes), without run_dir/model_dir/resume/seed
     groups: list = field(default_factory=list)  # grids this cell belongs to
+    warm_seed: int | None = None  # the warm start's seed when every training seed shares one (warm_start.seed)
 
     @property
     def row(self) -> str:
@@ -81,7 +84,7 @@ class Cell:
 
     @property
     def warm_key(self) -> str:
-        return f"{self.env}__s{self.seed}"
+        return f"{self.env}__s{self.seed if self.warm_seed is None else self.warm_seed}"
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -110,8 +113,11 @@ def check_grid(grid: dict) -> None:
     if not isinstance(grid["grids"], list) or not grid["grids"]:
         raise ValueError("grids: expected a non-empty list of {name, envs, methods, axes}")
     ws = grid.get("warm_start", {})
-    if not isinstance(ws, dict) or set(ws) - {"init", "sft", "model_dir", "eval_step0"}:
-        raise ValueError("warm_start: expected {init, sft} or {model_dir, eval_step0}")
+    if not isinstance(ws, dict) or set(ws) - {"init", "sft", "model_dir", "eval_step0", "seed"}:
+        raise ValueError("warm_start: expected {init, sft} or {model_dir, eval_step0}, and optionally seed")
+    if "seed" in ws and not (isinstance(ws["seed"], int) and not isinstance(ws["seed"], bool) and ws["seed"] >= 0):
+        raise ValueError(f"warm_start.seed: expected an int >= 0 (one warm start shared by every training "
+                         f"seed), got {ws['seed']!r}")
     for key, cls in (("init", InitConfig), ("sft", SFTConfig)):
         bad = sorted(set(ws.get(key, {})) - {f.name for f in dataclasses.fields(cls)})
         if bad:
@@ -158,6 +164,7 @@ def expand(grid: dict) -> list[Cell]:
     """All distinct cells of ``grid`` in a stable order (grid, env, method, axes, seed)."""
     check_grid(grid)
     budget = dict(grid.get("budget", {}))
+    warm_seed = grid.get("warm_start", {}).get("seed")
     cells: dict[str, Cell] = {}
     for g in grid["grids"]:
         gname = g.get("name", "main")
@@ -185,7 +192,7 @@ def expand(grid: dict) -> list[Cell]:
                             if gname not in cells[name].groups:
                                 cells[name].groups.append(gname)
                             continue
-                        cells[name] = Cell(name, env, label, named, seed, over, [gname])
+                        cells[name] = Cell(name, env, label, named, seed, over, [gname], warm_seed)
     return list(cells.values())
 
 
@@ -259,7 +266,8 @@ def ensure_warm_start(grid: dict, cell: Cell, out_dir: str, *, runner=run_cli) -
     ws = grid.get("warm_start", {})
     wdir = warm_dir(out_dir, cell)
     res = _resolve(cell.overrides)
-    common = {"env": res["env"], "preset": res["preset"], "env_seed": res["env_seed"], "seed": cell.seed}
+    seed = cell.seed if cell.warm_seed is None else cell.warm_seed
+    common = {"env": res["env"], "preset": res["preset"], "env_seed": res["env_seed"], "seed": seed}
     if "model_dir" in ws:  # local HF weights (full scale): no SFT
         if ws.get("eval_step0"):
             for skills in (False, True):

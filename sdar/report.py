@@ -9,6 +9,7 @@ text around them is kept):
 - per grid and env, the final held-out evaluation (mean ± std over seeds; std is the sample standard
   deviation, ddof = 1, "–" for a single seed): success, the shop score, success per household task
   type / search question kind, Skill-GRPO with skills;
+- success minus ``grpo``'s paired by seed (mean ± std over seeds, and each seed's difference);
 - learning curves (eval success vs step; mean line, ± std band over seeds) and entropy curves, PNG
   under ``OUT/results/``;
 - gate statistics over training for the teacher-gated methods (``sdar`` variants, ``grpo_opsd``):
@@ -124,6 +125,30 @@ def final_table(runs: list[dict], group: str, env: str) -> str:
     return "\n".join(lines)
 
 
+def paired_table(runs: list[dict], group: str, env: str, base: str = "grpo") -> str:
+    """Final success minus ``base``'s, paired by seed (same seed = same warm start and, for a shared warm
+    start, the same training tasks per step): mean ± std over the paired seeds, and each seed's difference."""
+    rows = _rows(runs, group, env)
+    if base not in rows or len(rows) < 2:
+        return ""
+    ref = {r["seed"]: r["done"]["final_eval"].get("eval_success") for r in rows[base]}
+    lines = [f"| config | paired seeds | success − {base} | per seed |", "|---|---|---|---|"]
+    for name, rs in rows.items():
+        if name == base:
+            continue
+        diffs = {r["seed"]: r["done"]["final_eval"]["eval_success"] - ref[r["seed"]] for r in rs
+                 if ref.get(r["seed"]) is not None and "eval_success" in r["done"]["final_eval"]}
+        if diffs:
+            per_seed = ", ".join(f"s{k}: {v:+.3f}" for k, v in sorted(diffs.items()))
+            lines.append(f"| {name} | {len(diffs)} | {fmt(list(diffs.values()))} | {per_seed} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def _eval_tasks(runs: list[dict]) -> int | None:
+    sizes = {r["config"].get("eval_seeds") for r in runs} - {None}
+    return sizes.pop() if len(sizes) == 1 else None
+
+
 def _series(runs: list[dict], key: str) -> tuple[list[int], list[float], list[float]] | None:
     """Steps present in every run's metrics for ``key``; mean and std (ddof 1, 0 for one run) there."""
     per_run = [{r_["step"]: r_[key] for r_ in r["metrics"] if isinstance(r_.get(key), (int, float))
@@ -234,6 +259,13 @@ def render(runs_dir: str, out_dir: str) -> str:
             if not table:
                 continue
             parts.append(f"### {group} — {env}: final held-out evaluation (mean ± std over seeds)\n\n{table}")
+            n = _eval_tasks([r for r in runs if group in r["groups"] and r["env"] == env])
+            if n:
+                parts.append(f"One evaluation plays the same {n} held-out tasks for every run; its binomial "
+                             f"standard error is at most 0.5/√{n} = {0.5 / math.sqrt(n):.3f}.")
+            paired = paired_table(runs, group, env)
+            if paired:
+                parts.append(f"Paired by seed against grpo:\n\n{paired}")
             for key, label in (("eval_success", "success"), ("entropy", "entropy")):
                 png = plot_curves(runs, group, env, key, os.path.join(img_dir, f"{group}_{env}_{label}.png"))
                 if png:
@@ -274,5 +306,5 @@ def write_report(runs_dir: str, out_dir: str = "docs") -> str:
     return path
 
 
-__all__ = ["collect", "final_table", "fmt", "gate_table", "mean_std", "plot_curves", "render", "wallclock_table",
-           "write_report"]
+__all__ = ["collect", "final_table", "fmt", "gate_table", "mean_std", "paired_table", "plot_curves", "render",
+           "wallclock_table", "write_report"]

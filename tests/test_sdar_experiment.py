@@ -70,6 +70,20 @@ def test_cpu_configs_share_cells():
     assert len(ex.expand(_grid("cpu_household"))) == 3 * (9 + 10)
 
 
+def test_household_seeds_is_the_cpu_budget_from_one_warm_start():
+    """household_seeds trains cells of cpu_all_envs (same resolved configs) from one shared SFT per env,
+    in its own out_dir (its warm starts differ from the per-seed ones of runs/cpu)."""
+    g = _grid("household_seeds")
+    full = {c.name: ex._resolve(c.overrides) for c in ex.expand(_grid("cpu_all_envs"))}
+    cells = ex.expand(g)
+    assert sorted(c.name for c in cells) == sorted(f"household__{m}__s{s}" for m in ("grpo", "sdar", "grpo_opsd")
+                                                   for s in (0, 1, 2))
+    for c in cells:
+        assert full[c.name] == ex._resolve(c.overrides)
+    assert {c.warm_key for c in cells} == {"household__s0"}
+    assert g["out_dir"] != _grid("cpu_all_envs")["out_dir"]
+
+
 def test_full_scale_config_matches_published_settings():
     cells = ex.expand(_grid("full_scale_qwen"))
     for c in cells:
@@ -186,6 +200,27 @@ def test_warm_start_shared_skip_and_resume(tmp_path):
     assert [c[0] for c in fake4.calls] == ["sft", "train"]
 
 
+def test_warm_start_seed_shared_by_every_training_seed(tmp_path):
+    g = _tiny_grid(tmp_path)
+    g["warm_start"]["seed"] = 3
+    g["grids"] = g["grids"][:1]
+    fake = FakeSdar()
+    summary = ex.run_experiment(g, runner=fake, log=lambda m: None)
+    assert len(summary["ran"]) == 2 * 3 * 2 and not summary["failed"]
+    warm = [c for c in fake.calls if c[0] in ("init-model", "sft")]
+    assert len(warm) == 4  # init + SFT once per env, not per training seed
+    assert all(c[c.index("--seed") + 1] == "3" for c in warm)
+    trains = [Config.load(c[2]) for c in fake.calls if c[0] == "train"]
+    for cfg in trains:  # every training seed of an env starts from that env's one checkpoint
+        env = os.path.basename(cfg.run_dir).split("__")[0]
+        assert cfg.model_dir == os.path.join(str(tmp_path), "models", f"{env}__s3", "sft")
+    assert sorted({cfg.seed for cfg in trains}) == [0, 1]
+    assert sorted(os.listdir(tmp_path / "models")) == ["household__s3", "shop__s3"]
+    for bad in (-1, "0", True):
+        with pytest.raises(ValueError, match="warm_start.seed"):
+            ex.expand({**g, "warm_start": {**g["warm_start"], "seed": bad}})
+
+
 def test_max_cells_only_and_config_mismatch(tmp_path):
     g = _tiny_grid(tmp_path)
     fake = FakeSdar(fail={"shop__grpo__s0"})
@@ -217,7 +252,7 @@ def _fake_run(root, name, *, groups, method, gate, env_name, evals, gates=None, 
     env, rest = name.split("__", 1)
     json.dump({"name": name, "row": name.rsplit("__s", 1)[0], "env": env, "label": rest.split("__")[0], "axes": {},
                "seed": int(name.rsplit("__s", 1)[1]), "groups": groups,
-               "config": {"method": method, "gate": gate, "env": env_name}}, open(os.path.join(rdir, "cell.json"), "w"))
+               "config": {"method": method, "gate": gate, "env": env_name, "eval_seeds": 200}}, open(os.path.join(rdir, "cell.json"), "w"))
     rows = []
     for i, e in enumerate(evals):
         row = {"step": i * 10, "eval_success": e, "entropy": 1.0 - 0.1 * i,
@@ -278,6 +313,9 @@ def test_report_tables_by_hand(tmp_path):
     # gate stats: per seed mean over steps (0.65, 0.75, 0.85), then over seeds
     assert f"| sdar | gap | 3 | {ms([0.65, 0.75, 0.85])} | 0.300 ± 0.000 | 0.250 ± 0.000 | -0.100 ± 0.000 |" in text
     assert "| grpo_opsd | none | 3 |" in text
+    # paired by seed against grpo (household grpo has seed 0 only: 0.3)
+    assert "| sdar | 1 | -0.100 | s0: -0.100 |" in text and "| grpo_opsd | 1 | 0.200 | s0: +0.200 |" in text
+    assert "0.5/√200 = 0.035" in text
     # wall clock: sdar 3 s/step vs grpo 1 s/step
     assert "| sdar | 3 | 3.000 ± 0.000 | 3.00 |" in text and "| grpo | 1 | 1.000 | 1.00 |" in text
     assert "`household__rlsd__s0`" in text
