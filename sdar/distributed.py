@@ -244,7 +244,12 @@ def barrier() -> None:
 
 
 def close() -> None:
+    """Tear the process group down once every rank is done with it: without the barrier a rank that finishes
+    first can destroy its gloo pairs while a peer's last collective still uses them (rank aborts with
+    "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -335,8 +335,7 @@ def train(cfg: Config) -> dict:
             roll_model.save_pretrained(os.path.join(cfg.run_dir, "final"), safe_serialization=True)
             tok.save_pretrained(os.path.join(cfg.run_dir, "final"))
         engine.close()
-        D.barrier()
-        D.close()
+        D.close()  # waits for every rank first
         return line
     metrics_file.close()
     final = os.path.join(cfg.run_dir, "final")
