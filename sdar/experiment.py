@@ -83,8 +83,13 @@ class Cell:
         return self.name.rsplit("__s", 1)[0]
 
     @property
+    def warm_start_seed(self) -> int:
+        """The seed its warm start is built with: its own, or the one shared by every seed."""
+        return self.seed if self.warm_seed is None else self.warm_seed
+
+    @property
     def warm_key(self) -> str:
-        return f"{self.env}__s{self.seed if self.warm_seed is None else self.warm_seed}"
+        return f"{self.env}__s{self.warm_start_seed}"
 
 
 # ----------------------------------------------------------------------------- the grid
@@ -266,8 +271,7 @@ def ensure_warm_start(grid: dict, cell: Cell, out_dir: str, *, runner=run_cli) -
     ws = grid.get("warm_start", {})
     wdir = warm_dir(out_dir, cell)
     res = _resolve(cell.overrides)
-    seed = cell.seed if cell.warm_seed is None else cell.warm_seed
-    common = {"env": res["env"], "preset": res["preset"], "env_seed": res["env_seed"], "seed": seed}
+    common = {"env": res["env"], "preset": res["preset"], "env_seed": res["env_seed"], "seed": cell.warm_start_seed}
     if "model_dir" in ws:  # local HF weights (full scale): no SFT
         if ws.get("eval_step0"):
             for skills in (False, True):

@@ -144,8 +144,9 @@ def paired_table(runs: list[dict], group: str, env: str, base: str = "grpo") -> 
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
-def _eval_tasks(runs: list[dict]) -> int | None:
-    sizes = {r["config"].get("eval_seeds") for r in runs} - {None}
+def _eval_tasks(runs: list[dict], group: str, env: str) -> int | None:
+    """The number of evaluation tasks of ``group`` on ``env`` when every run used the same."""
+    sizes = {r["config"].get("eval_seeds") for rs in _rows(runs, group, env).values() for r in rs} - {None}
     return sizes.pop() if len(sizes) == 1 else None
 
 
@@ -259,7 +260,7 @@ def render(runs_dir: str, out_dir: str) -> str:
             if not table:
                 continue
             parts.append(f"### {group} — {env}: final held-out evaluation (mean ± std over seeds)\n\n{table}")
-            n = _eval_tasks([r for r in runs if group in r["groups"] and r["env"] == env])
+            n = _eval_tasks(runs, group, env)
             if n:
                 parts.append(f"One evaluation plays the same {n} held-out tasks for every run; its binomial "
                              f"standard error is at most 0.5/√{n} = {0.5 / math.sqrt(n):.3f}.")

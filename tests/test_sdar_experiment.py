@@ -252,7 +252,8 @@ def _fake_run(root, name, *, groups, method, gate, env_name, evals, gates=None, 
     env, rest = name.split("__", 1)
     json.dump({"name": name, "row": name.rsplit("__s", 1)[0], "env": env, "label": rest.split("__")[0], "axes": {},
                "seed": int(name.rsplit("__s", 1)[1]), "groups": groups,
-               "config": {"method": method, "gate": gate, "env": env_name, "eval_seeds": 200}}, open(os.path.join(rdir, "cell.json"), "w"))
+               "config": {"method": method, "gate": gate, "env": env_name, "eval_seeds": 200}},
+              open(os.path.join(rdir, "cell.json"), "w"))
     rows = []
     for i, e in enumerate(evals):
         row = {"step": i * 10, "eval_success": e, "entropy": 1.0 - 0.1 * i,
