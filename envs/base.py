@@ -46,5 +46,11 @@ class Env(abc.ABC):
     def expert_action(self) -> str:
         """A correct next action from the current state (the oracle policy)."""
 
+    def privileged_hint(self) -> str:
+        """Instance knowledge the observation lacks, for the ``oracle`` teacher context (call right after
+        ``reset``): where the household objects are, the shop's target product, the search chain's
+        entities. Never shown to the student at evaluation."""
+        raise NotImplementedError(f"{type(self).__name__} gives no privileged hint")
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release engine resources."""

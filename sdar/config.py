@@ -15,13 +15,13 @@ import types
 import typing
 from dataclasses import dataclass, field
 
+from envs.skills import SKILL_STRATEGIES
 from sdar_kernels.options import ESTIMATORS
 
 METHODS = ("grpo", "sdar", "grpo_opsd", "opsd", "skill_grpo", "skill_sd", "rlsd")
 ENGINES = ("auto", "hf", "vllm")
 AGG_MODES = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm")
 GATES = ("gap", "entropy", "soft_or", "none")
-SKILL_STRATEGIES = ("task_type", "keyword", "all", "random", "similarity")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 ROLLOUT_SPLITS = ("split", "replicate")
 

@@ -79,6 +79,16 @@ class _SharedTransitions:
             self.synced = len(self.actions)
         return self.memo[key]
 
+    def privileged_hint(self) -> str:
+        """The task's ``privileged_hint()`` (memoised like the reset it follows)."""
+        key = ("hint", self.seed)
+        if key not in self.memo:
+            if self.synced != 0:
+                self.env.reset(self.seed)
+                self.synced = 0
+            self.memo[key] = self.env.privileged_hint()
+        return self.memo[key]
+
 
 def env_action(env_name: str, reply) -> str:
     """The string the environment's ``step`` takes for a parsed reply (search: ``search[q]``/``answer[a]``)."""
@@ -115,8 +125,10 @@ def rollout(engine, tokenizer, env_pool: list, *, env_name: str, task_seeds: lis
         obs, info = pool[i].reset()
         ep = Episode(group=g, task_seed=task_seeds[g], task=info["task"], task_type=info.get("task_type", ""))
         if teacher_skills or student_skills:
+            hint = pool[i].privileged_hint() if skill_strategy == "oracle" else None
             ep.skills = envs.retrieve_skills(env_name, task=ep.task, task_type=ep.task_type, strategy=skill_strategy,
-                                             rng=random.Random(skill_rng.random()), max_chars=skill_max_chars)
+                                             rng=random.Random(skill_rng.random()), max_chars=skill_max_chars,
+                                             hint=hint)
         episodes.append(ep)
         state.append({"obs": obs, "info": info, "history": [], "done": False})
 

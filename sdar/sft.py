@@ -71,7 +71,8 @@ def expert_episodes(env_name: str, *, preset: str, env_seed: int, n: int, max_tu
         obs, info = env.reset(task_seed)
         skills = envs.retrieve_skills(env_name, task=info["task"], task_type=info.get("task_type"),
                                       strategy=skill_strategy, rng=random.Random(rng.random()),
-                                      max_chars=skill_max_chars)
+                                      max_chars=skill_max_chars,
+                                      hint=env.privileged_hint() if skill_strategy == "oracle" else None)
         ep = ExpertEpisode(task_seed, info.get("task_type", ""), False)
         history = []
         for t in range(max_turns):

@@ -89,6 +89,19 @@ def test_files_are_cached(tiny):
     assert _get(tiny, "task_type").endswith("# changed")
 
 
+def test_oracle_strategy_puts_the_hint_first_and_keeps_it_whole(tiny):
+    hint = "apple 1 is at fridge 1."
+    assert _get(tiny, "oracle", hint=hint) == hint + "\n\n" + TINY["general.md"] + "\n\n" + TINY["heat.md"]
+    cut = _get(tiny, "oracle", hint=hint, max_chars=70)
+    assert cut.startswith(hint + "\n\n# General") and len(cut) <= 70
+    assert _get(tiny, "oracle", hint=hint, max_chars=10) == hint  # the hint is never cut
+    assert _get(tiny, "oracle", hint="") == _get(tiny, "task_type")  # nothing privileged to add
+    with pytest.raises(ValueError, match="hint"):
+        _get(tiny, "oracle")
+    with pytest.raises(ValueError, match="task_type"):
+        _get(tiny, "oracle", task_type="boil", hint=hint)
+
+
 def test_unknown_strategy_lists_valid_ones(tiny):
     with pytest.raises(ValueError) as err:
         _get(tiny, "embedding")
@@ -151,4 +164,4 @@ def test_every_shipped_skill_folder():
             assert text.startswith(general) and text.endswith(last_line)
         for strategy in SKILL_STRATEGIES:
             assert retrieve_skills(folder.name, task="put it there", task_type=types[0], strategy=strategy,
-                                   rng=random.Random(0)).startswith(general)
+                                   rng=random.Random(0), hint="").startswith(general)

@@ -22,6 +22,9 @@ class ToyEnv:
         return {"task": "reach b", "task_type": "toy", "admissible_actions": ["go a", "go b"], "won": won,
                 "score": float(won), "step": len(self.actions)}
 
+    def privileged_hint(self):
+        return f"hint {self.seed} after {len(self.actions)} actions"
+
     def step(self, action):
         ToyEnv.real_steps += 1
         self.actions.append(action)
@@ -117,3 +120,28 @@ def test_shared_transitions_replay_on_divergence():
     assert not hasattr(b.env, "actions")
     out = b.step("go b")  # miss: b's env replays "go a" first
     assert out[1] == 10.0 and out[2] and b.env.actions == ["go a", "go b"]
+
+
+def test_privileged_hint_is_taken_at_the_reset_state_and_memoised():
+    memo = {}
+    a, b, c = (_SharedTransitions(ToyEnv(), 5, memo) for _ in range(3))
+    a.reset(), b.reset()
+    a.step("go a")  # a's env has moved on; b's env was never reset (b hit the memo)
+    assert b.privileged_hint() == "hint 5 after 0 actions" and b.synced == 0
+    c.reset()
+    assert c.privileged_hint() == "hint 5 after 0 actions" and not hasattr(c.env, "seed")  # a memo hit
+
+
+def test_oracle_rollout_gives_each_episode_its_own_task_hint():
+    import envs
+
+    pool = [envs.make("household", "train", 0, preset="small") for _ in range(4)]
+    _, episodes = rollout(ScriptedEngine(), ToyTokenizer(), pool, env_name="household", task_seeds=[3, 4],
+                          group_size=2, max_turns=1, temperature=1.0, max_new_tokens=8, teacher_skills=True,
+                          skill_strategy="oracle")
+    fresh = envs.make("household", "train", 0, preset="small")
+    for ep in episodes:
+        fresh.reset(ep.task_seed)
+        hint = fresh.privileged_hint()
+        assert hint and ep.skills.startswith(hint + "\n\n")
+    assert episodes[0].skills != episodes[2].skills

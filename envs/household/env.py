@@ -89,6 +89,11 @@ class AlfredGameEnv(Env):
             raise RuntimeError("expert_plan: call reset(seed) first")
         return [] if self._done else list(self._engine.plan())
 
+    def privileged_hint(self) -> str:
+        """Where the planner takes the goal object(s) from: "tomato 1 is at microwave 1." per object."""
+        takes = [c.removeprefix("take ").split(" from ") for c in self.expert_plan() if c.startswith("take ")]
+        return " ".join(f"{obj} is at {where}." for obj, where in takes)
+
     def close(self) -> None:
         self._engine.close()
 

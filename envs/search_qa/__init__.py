@@ -159,6 +159,13 @@ class SearchQAEnv(Env):
             self.done = True
         return obs, reward, self.done, self._info()
 
+    def privileged_hint(self) -> str:
+        """The gold chain's entities to search, in order: "Search for: A; B." ("" for real questions)."""
+        if self.question is None:
+            raise RuntimeError("call reset() before privileged_hint()")
+        names = [self.world.name(e) for e in self.question.chain]
+        return f"Search for: {'; '.join(names)}." if names else ""
+
     def expert_action(self) -> str:
         """Search each gold-chain entity not yet retrieved (by its name), then answer.
 

@@ -225,6 +225,15 @@ class ShopEnv(Env):
                     return q
         return candidates[0]
 
+    def privileged_hint(self) -> str:
+        """The target product: "The product to buy: p007 (red cotton t-shirt)." ("" where the goal has none)."""
+        if self.goal is None:
+            raise RuntimeError("privileged_hint() called before reset()")
+        i = self.catalogue.index_of(self.goal.target) if self.goal.target else None
+        if i is None:
+            return ""
+        return f"The product to buy: {self.goal.target} ({self.catalogue.products[i].title})."
+
     def expert_action(self) -> str:
         if self.goal is None:
             raise RuntimeError("expert_action() called before reset()")

@@ -12,6 +12,9 @@ Skills are markdown files ``envs/skills/<env>/general.md`` (principles for every
 - ``all``: every task-type file (sorted by name).
 - ``random``: a random *other* task type's file (a control; ``rng`` seeds the draw).
 - ``similarity``: the task-type file with the highest BM25 score (``bm25s``) against the task sentence.
+- ``oracle``: not a retrieval but a control beyond the paper: the task-type file preceded by the
+  environment's instance hint (``Env.privileged_hint``: where the objects are, the product to buy, the
+  entities to search), knowledge the observation lacks, so the teacher can know more than the student.
 
 Files are read once per directory and cached (``clear_cache()`` forgets them). Skills are never shown
 at evaluation; that is the trainer's business.
@@ -23,7 +26,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-SKILL_STRATEGIES = ("task_type", "keyword", "all", "random", "similarity")
+SKILL_STRATEGIES = ("task_type", "keyword", "all", "random", "similarity", "oracle")
 SKILLS_DIR = Path(__file__).resolve().parent
 _ALIASES = {"alfworld": "household", "webshop": "shop"}
 _KEYWORD_LINE = re.compile(r"^\s*<!--\s*keywords:(.*?)-->\s*$")
@@ -143,20 +146,23 @@ def _by_similarity(env_name: str, skills_dir: Path, skill_set: _SkillSet, task: 
 
 def retrieve_skills(env_name: str, *, task: str, task_type: str | None, strategy: str = "task_type",
                     rng: _random.Random | None = None, max_chars: int | None = None,
-                    skills_dir: str | Path | None = None) -> str:
+                    skills_dir: str | Path | None = None, hint: str | None = None) -> str:
     """The skill text for one task.
 
     Args:
         env_name: the environment (alfworld reads household's skills, webshop shop's).
         task: the task sentence (keyword / similarity strategies read it).
-        task_type: the privileged task type (required by ``task_type``; ``random`` avoids it).
+        task_type: the privileged task type (required by ``task_type`` and ``oracle``; ``random`` avoids it).
         strategy: one of ``SKILL_STRATEGIES``.
         rng: the random source of ``random`` (default ``random.Random(0)``).
         max_chars: at most this many characters: the task-type text keeps at least half of the budget,
             general.md the rest; each is cut at a line break where possible.
         skills_dir: the folder holding ``<env>/*.md`` (default: this package's folder).
+        hint: the environment's ``privileged_hint()`` (required by ``oracle``, ignored otherwise); kept whole
+            ahead of the skill text, which gets what is left of ``max_chars``.
     Returns:
-        general.md's text, a blank line, then the chosen task-type file(s) (separated by blank lines).
+        general.md's text, a blank line, then the chosen task-type file(s) (separated by blank lines);
+        ``oracle``: the hint, a blank line, then that text.
     """
     if strategy not in SKILL_STRATEGIES:
         raise ValueError(f"strategy: expected one of {SKILL_STRATEGIES}, got {strategy!r}")
@@ -168,7 +174,9 @@ def retrieve_skills(env_name: str, *, task: str, task_type: str | None, strategy
     root = SKILLS_DIR if skills_dir is None else Path(skills_dir)
     skill_set = _load(env, root)
 
-    if strategy == "task_type":
+    if strategy == "oracle" and not isinstance(hint, str):
+        raise ValueError(f"hint: the oracle strategy needs the environment's privileged_hint() text, got {hint!r}")
+    if strategy in ("task_type", "oracle"):
         if task_type not in skill_set.by_type:
             raise ValueError(f"task_type: expected one of {sorted(skill_set.by_type)}, got {task_type!r}")
         chosen = [task_type]
@@ -183,7 +191,10 @@ def retrieve_skills(env_name: str, *, task: str, task_type: str | None, strategy
         chosen = _by_similarity(env, root, skill_set, task)
 
     specific = "\n\n".join(skill_set.by_type[t] for t in chosen)
-    return _join(skill_set.general, specific, max_chars)
+    if strategy != "oracle" or not hint:
+        return _join(skill_set.general, specific, max_chars)
+    rest = None if max_chars is None else max(max_chars - len(hint) - 2, 0)
+    return "\n\n".join(p for p in (hint, _join(skill_set.general, specific, rest)) if p)
 
 
 def _cut(text: str, budget: int) -> str:
