@@ -86,14 +86,18 @@ def test_household_seeds_is_the_cpu_budget_from_one_warm_start():
 
 def test_household_oracle_differs_from_household_seeds_only_in_the_teacher_context_and_length():
     """The oracle study: the household_seeds budget, but the teacher (and the SFT's privileged demos) read the
-    instance hint, 60 steps evaluated every 10; its own out_dir (its warm start differs)."""
+    instance hint, 60 steps evaluated every 10; its own out_dir (its warm start differs). The coef grid is sdar
+    with only λ changed."""
     g, seeds = _grid("household_oracle"), _grid("household_seeds")
     base = {c.name: ex._resolve(c.overrides) for c in ex.expand(seeds)}
     cells = ex.expand(g)
-    assert sorted(c.name for c in cells) == [f"household__{m}__s{s}" for m in ("grpo", "sdar") for s in (0, 1)]
+    main = [f"household__{m}__s{s}" for m in ("grpo", "sdar") for s in (0, 1, 2)]
+    coef = [f"household__sdar__coef-{lam}__s{s}" for lam in (0.05, 0.1) for s in (0, 1)]
+    assert sorted(c.name for c in cells) == sorted(main + coef)
     changed = {"skill_strategy": "oracle", "steps": 60, "eval_every": 10, "save_every": 10}
     for c in cells:
-        assert ex._resolve(c.overrides) == {**base[c.name], **changed}
+        same_budget = base[f"household__{c.label}__s{c.seed}"]
+        assert ex._resolve(c.overrides) == {**same_budget, **changed, **c.axes}
     assert g["warm_start"]["sft"]["skill_strategy"] == "oracle" and g["out_dir"] != seeds["out_dir"]
     assert {c.warm_key for c in cells} == {"household__s0"}
 
