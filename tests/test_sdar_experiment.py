@@ -91,13 +91,15 @@ def test_household_oracle_differs_from_household_seeds_only_in_the_teacher_conte
     g, seeds = _grid("household_oracle"), _grid("household_seeds")
     base = {c.name: ex._resolve(c.overrides) for c in ex.expand(seeds)}
     cells = ex.expand(g)
-    main = [f"household__{m}__s{s}" for m in ("grpo", "sdar") for s in (0, 1, 2)]
-    coef = [f"household__sdar__coef-{lam}__s{s}" for lam in (0.05, 0.1) for s in (0, 1)]
-    assert sorted(c.name for c in cells) == sorted(main + coef)
+    # cell name -> (the household_seeds cell with the same budget, the fields the study changes on top of it)
+    expected = {f"household__{m}__s{s}": (f"household__{m}__s{s}", {}) for m in ("grpo", "sdar") for s in (0, 1, 2)}
+    expected |= {f"household__sdar__coef-{lam}__s{s}": (f"household__sdar__s{s}", {"coef": lam})
+                 for lam in (0.05, 0.1) for s in (0, 1)}
+    assert sorted(c.name for c in cells) == sorted(expected)
     changed = {"skill_strategy": "oracle", "steps": 60, "eval_every": 10, "save_every": 10}
     for c in cells:
-        same_budget = base[f"household__{c.label}__s{c.seed}"]
-        assert ex._resolve(c.overrides) == {**same_budget, **changed, **c.axes}
+        twin, extra = expected[c.name]
+        assert ex._resolve(c.overrides) == {**base[twin], **changed, **extra}
     assert g["warm_start"]["sft"]["skill_strategy"] == "oracle" and g["out_dir"] != seeds["out_dir"]
     assert {c.warm_key for c in cells} == {"household__s0"}
 
