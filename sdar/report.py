@@ -29,7 +29,7 @@ from collections import defaultdict
 
 BEGIN, END = "<!-- REPORT:BEGIN -->", "<!-- REPORT:END -->"
 GATE_KEYS = ("gate_pos_gap_mean", "gate_neg_gap_mean", "neg_gap_frac", "gap_mean")
-GATED_METHODS = ("sdar", "grpo_opsd")
+GATED_METHODS = ("sdar", "grpo_opsd", "opsd")
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -86,15 +86,17 @@ def test_household_seeds_is_the_cpu_budget_from_one_warm_start():
 
 def test_household_oracle_differs_from_household_seeds_only_in_the_teacher_context_and_length():
     """The oracle study: the household_seeds budget, but the teacher (and the SFT's privileged demos) read the
-    instance hint, 60 steps evaluated every 10; its own out_dir (its warm start differs). The coef grid is sdar
-    with only λ changed."""
+    instance hint, 60 steps evaluated every 10; its own out_dir (its warm start differs). The coef and beta grids
+    are sdar with only λ or β changed, the opsd grid sdar with only the method changed."""
     g, seeds = _grid("household_oracle"), _grid("household_seeds")
     base = {c.name: ex._resolve(c.overrides) for c in ex.expand(seeds)}
     cells = ex.expand(g)
     # cell name -> (the household_seeds cell with the same budget, the fields the study changes on top of it)
     expected = {f"household__{m}__s{s}": (f"household__{m}__s{s}", {}) for m in ("grpo", "sdar") for s in (0, 1, 2)}
     expected |= {f"household__sdar__coef-{lam}__s{s}": (f"household__sdar__s{s}", {"coef": lam})
-                 for lam in (0.05, 0.1) for s in (0, 1)}
+                 for lam in (0.05, 0.1) for s in (0, 1, 2)}
+    expected |= {f"household__opsd__s{s}": (f"household__sdar__s{s}", {"method": "opsd"}) for s in (0, 1, 2)}
+    expected |= {f"household__sdar__beta-20__s{s}": (f"household__sdar__s{s}", {"beta": 20.0}) for s in (0, 1, 2)}
     assert sorted(c.name for c in cells) == sorted(expected)
     changed = {"skill_strategy": "oracle", "steps": 60, "eval_every": 10, "save_every": 10}
     for c in cells:
@@ -303,6 +305,9 @@ def test_report_tables_by_hand(tmp_path):
     _fake_run(root, "household__grpo__s0", groups=["main"], method="grpo", gate="gap", env_name="household",
               evals=[0.1, 0.3], step_times=(1.0, 1.0))
     _fake_run(root, "shop__grpo__s0", groups=["main"], method="grpo", gate="gap", env_name="shop", evals=[0.2, 0.6])
+    _fake_run(root, "household__opsd__s0", groups=["opsd"], method="opsd", gate="gap", env_name="household",
+              evals=[0.1, 0.2], gates=2 * [{"gate_pos_gap_mean": 0.7, "gate_neg_gap_mean": 0.2, "neg_gap_frac": 0.5,
+                                             "gap_mean": -0.3}])
     os.makedirs(os.path.join(root, "runs", "household__rlsd__s0"))  # started, not finished
     with open(os.path.join(root, "runs", "household__rlsd__s0", "cell.json"), "w") as f:
         json.dump({"name": "household__rlsd__s0", "groups": ["main"]}, f)
@@ -324,7 +329,7 @@ def test_report_tables_by_hand(tmp_path):
 
     assert ms([0.2, 0.4, 0.9]) == "0.500 ± 0.361"
     assert "hand-written intro" in text and "hand-written outro" in text and "\nold\n" not in text
-    assert "8 finished runs, 1 unfinished" in text
+    assert "9 finished runs, 1 unfinished" in text
     # success, then success by task type (sorted: heat, pick)
     assert f"| sdar | 3 | {ms([0.2, 0.4, 0.9])} | {ms([0.8, 0.6, 0.1])} | {ms([0.2, 0.4, 0.9])} |" in text
     assert f"| grpo_opsd | 3 | {ms([0.5, 0.5, 0.8])} |" in text
@@ -334,6 +339,7 @@ def test_report_tables_by_hand(tmp_path):
     # gate stats: per seed mean over steps (0.65, 0.75, 0.85), then over seeds
     assert f"| sdar | gap | 3 | {ms([0.65, 0.75, 0.85])} | 0.300 ± 0.000 | 0.250 ± 0.000 | -0.100 ± 0.000 |" in text
     assert "| grpo_opsd | none | 3 |" in text
+    assert "| opsd | gap | 1 | 0.700 | 0.200 | 0.500 | -0.300 |" in text  # opsd has the configured gate
     # paired by seed against grpo (household grpo has seed 0 only: 0.3)
     assert "| sdar | 1 | -0.100 | s0: -0.100 |" in text and "| grpo_opsd | 1 | 0.200 | s0: +0.200 |" in text
     assert "0.5/√200 = 0.035" in text
