@@ -28,7 +28,7 @@ import torch
 
 import envs
 import sdar_kernels as sk
-from sdar.batch import micro_batches, pack, response_hidden
+from sdar.batch import micro_batches, pack, pad_rows, pad_token_id, response_hidden
 from sdar.config import Config
 from sdar.engines import make_engine
 from sdar.models import lm_head_weight, load_model
@@ -39,10 +39,6 @@ from sdar.train import step_advantages, step_seeds
 PARTS = {"pg": {"pg_coef": 1.0, "sdar_coef": 0.0, "gate": "gap"},
          "half": {"pg_coef": 0.0, "sdar_coef": 1.0, "gate": "none"},
          "gated": {"pg_coef": 0.0, "sdar_coef": 1.0, "gate": "gap"}}
-
-
-def _pad(rows: list[torch.Tensor], length: int) -> torch.Tensor:
-    return torch.stack([torch.nn.functional.pad(r, (0, 0) * (r.ndim - 1) + (0, length - r.shape[0])) for r in rows])
 
 
 def batch_gradients(model, samples, pre: dict, advantages: torch.Tensor, cfg: Config, pad_id: int) -> dict:
@@ -58,8 +54,8 @@ def batch_gradients(model, samples, pre: dict, advantages: torch.Tensor, cfg: Co
                           pad_id=pad_id, device=torch.device("cpu"))
             r = packed.labels.shape[1]
             h = response_hidden(model, packed)  # (b, R, H)
-            old = _pad([pre["old_logp"][i] for i in idx], r)  # (b, R)
-            th = _pad([pre["teacher_hidden"][i] for i in idx], r).to(h.dtype)  # (b, R, H)
+            old = pad_rows([pre["old_logp"][i] for i in idx], r)  # (b, R)
+            th = pad_rows([pre["teacher_hidden"][i] for i in idx], r).to(h.dtype)  # (b, R, H)
             adv = advantages[idx][:, None].expand(-1, r)  # (b, R)
             loss, _ = sk.grpo_sdar_loss(h, th, lm_head_weight(model), packed.labels, adv, old, None, packed.mask,
                                         clip=cfg.clip_eps, beta=cfg.beta, temperature=cfg.temperature, **opts)
@@ -90,7 +86,7 @@ def main(argv: list[str] | None = None) -> dict:
     model, tok = load_model(args.model_dir, device=torch.device("cpu"), dtype="float32")
     engine = make_engine("hf", model=model, tokenizer=tok, model_dir=args.model_dir, device=torch.device("cpu"),
                          max_model_len=cfg.max_model_len)
-    pad_id = model.config.pad_token_id if isinstance(model.config.pad_token_id, int) else 0  # as the trainer
+    pad_id = pad_token_id(model)
     pool = [envs.make(cfg.env, "train", cfg.env_seed, preset=cfg.preset)
             for _ in range(cfg.batch_tasks * cfg.group_size)]
     max_turns = cfg.max_turns or envs.spec(cfg.env).max_steps

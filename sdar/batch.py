@@ -76,4 +76,18 @@ def micro_batches(lengths: list[int], *, max_tokens: int, order: list[int] | Non
     return batches
 
 
-__all__ = ["Packed", "micro_batches", "pack", "response_hidden"]
+def pad_rows(rows: list[torch.Tensor], length: int) -> torch.Tensor:
+    """Stack (R_i, ...) tensors into (B, length, ...) with zeros after each row."""
+    out = rows[0].new_zeros((len(rows), length, *rows[0].shape[1:]))
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out
+
+
+def pad_token_id(model) -> int:
+    """The id ``pack`` pads with: the model config's pad token, else 0 (padding is masked either way)."""
+    pad = getattr(model.config, "pad_token_id", None)
+    return pad if isinstance(pad, int) else 0
+
+
+__all__ = ["Packed", "micro_batches", "pack", "pad_rows", "pad_token_id", "response_hidden"]

@@ -45,7 +45,7 @@ import envs
 import sdar_kernels as sk
 from sdar import distributed as D
 from sdar.algos import group_advantages, loss_options, method_spec, pooled_group_advantages
-from sdar.batch import micro_batches, pack, response_hidden
+from sdar.batch import micro_batches, pack, pad_rows, pad_token_id, response_hidden
 from sdar.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_metrics
 from sdar.config import Config
 from sdar.engines import make_engine
@@ -72,14 +72,6 @@ def step_advantages(samples, *, norm_by_std: bool) -> tuple[torch.Tensor, dict]:
     parts = D.all_gather_objects((rewards, groups))
     return pooled_group_advantages([p[0] for p in parts], [p[1] for p in parts], part=D.rank(),
                                    norm_by_std=norm_by_std)
-
-
-def _pad(rows: list[torch.Tensor], length: int) -> torch.Tensor:
-    """Stack (R_i, ...) tensors into (B, length, ...) with zeros after each row."""
-    out = rows[0].new_zeros((len(rows), length, *rows[0].shape[1:]))
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r
-    return out
 
 
 def update(model, optimizer, samples, pre: dict, advantages: torch.Tensor, cfg: Config, *, step: int,
@@ -112,21 +104,21 @@ def update(model, optimizer, samples, pre: dict, advantages: torch.Tensor, cfg: 
                 continue
             for micro in micros:
                 if micro is None:
-                    _zero_pass(model, _pad_id(model), device)
+                    _zero_pass(model, pad_token_id(model), device)
                     continue
                 idx = [mb[j] for j in micro]
                 packed = pack([samples[i].prompt_ids for i in idx], [samples[i].response_ids for i in idx],
-                              pad_id=_pad_id(model), device=device, resp_len=fixed_len)
+                              pad_id=pad_token_id(model), device=device, resp_len=fixed_len)
                 r = packed.labels.shape[1]
                 h = response_hidden(model, packed)  # (b, R, H), with grad
                 if world > 1:
                     weight = D.head_weight(model)  # the root group's full weight after the forward
-                old = _pad([pre["old_logp"][i] for i in idx], r).to(device)  # (b, R)
-                ref = _pad([pre["ref_logp"][i] for i in idx], r).to(device) if pre["ref_logp"] else None
-                th = _pad([pre["teacher_hidden"][i] for i in idx], r).to(device) if spec.teacher else None
+                old = pad_rows([pre["old_logp"][i] for i in idx], r).to(device)  # (b, R)
+                ref = pad_rows([pre["ref_logp"][i] for i in idx], r).to(device) if pre["ref_logp"] else None
+                th = pad_rows([pre["teacher_hidden"][i] for i in idx], r).to(device) if spec.teacher else None
                 adv = advantages[idx].to(device)[:, None].expand(-1, r)  # (b, R)
                 if cfg.tis_cap > 0:  # truncated IS: engine sampled, trainer scores
-                    eng = _pad([torch.tensor(samples[i].engine_logprobs) for i in idx], r).to(device)
+                    eng = pad_rows([torch.tensor(samples[i].engine_logprobs) for i in idx], r).to(device)
                     w, _ = sk.losses.truncated_is_weights(old, eng, cap=cfg.tis_cap)  # (b, R)
                     adv = adv * w
                 loss, m = sk.grpo_sdar_loss(
@@ -158,11 +150,6 @@ def _zero_pass(model, pad_id: int, device: torch.device) -> None:
     packed = pack([[pad_id]], [[pad_id]], pad_id=pad_id, device=device)
     h = response_hidden(model, packed)  # (1, 1, H)
     (h.sum() * 0.0 + D.head_weight(model).sum() * 0.0).backward()
-
-
-def _pad_id(model) -> int:
-    pad = getattr(model.config, "pad_token_id", None)
-    return pad if isinstance(pad, int) else 0
 
 
 def gate_frac_above_half(metrics: dict, *, gate: str, distill: str) -> dict:
@@ -290,7 +277,7 @@ def train(cfg: Config) -> dict:
         advantages, adv_m = step_advantages(samples, norm_by_std=cfg.norm_by_std)  # (N,)
         # 3. pre-pass with θ_old: old log-probs, reference log-probs, teacher hidden states
         t1 = time.time()
-        pre = prepass(roll_model, samples, pad_id=_pad_id(model), device=device, max_tokens=cfg.micro_batch_tokens,
+        pre = prepass(roll_model, samples, pad_id=pad_token_id(model), device=device, max_tokens=cfg.micro_batch_tokens,
                       temperature=cfg.temperature, teacher=spec.teacher, ref_model=ref_model, impl=cfg.impl)
         t_pre = time.time() - t1
         mismatch = _mismatch(samples, pre) if cfg.temperature == 1.0 else float("nan")
