@@ -172,17 +172,21 @@ def grpo_token_objective(logp: Tensor, entropy: Tensor, *, advantages: Tensor, a
     D the SDAR term (distill="sdar", gate/estimator as in ``sdar_gate``/``sdar_token_loss``) or the
     Skill-SD term (distill="skill_sd") or nothing (distill="none" or no teacher). Advantages are
     RLSD-reweighted when rlsd_coef > 0. old_logp None = on-policy (sg(logp)). Returns
-    (f, terms) with detached per-token terms: pg, ratio, clipped, kl, distill, gap, gate, advantages.
+    (f, terms) with detached per-token terms: pg, ratio, clipped, kl, distill, gap (whenever there is a
+    teacher), gate, advantages, rlsd_weight (1 without RLSD).
     """
     check_choice("distill", distill, DISTILL_KINDS)
     old = logp.detach() if old_logp is None else old_logp
     zeros = torch.zeros_like(logp.detach())
     terms = {"pg": zeros, "ratio": torch.ones_like(zeros), "clipped": zeros.bool(), "kl": zeros,
-             "distill": zeros, "gap": zeros, "gate": zeros}
+             "distill": zeros, "gap": zeros, "gate": zeros, "rlsd_weight": torch.ones_like(zeros)}
+    if teacher_logp is not None:
+        terms["gap"] = (teacher_logp - logp).detach()
     if rlsd_coef > 0:
         if teacher_logp is None:
             raise ValueError("rlsd_coef > 0 needs teacher log-probs (teacher_hidden)")
-        advantages, _ = rlsd_advantages(advantages, teacher_logp, old, coef=rlsd_coef, clip=clip)
+        advantages, info = rlsd_advantages(advantages, teacher_logp, old, coef=rlsd_coef, clip=clip)
+        terms["rlsd_weight"] = info["weight"]
     terms["advantages"] = advantages.detach()
     objective = torch.zeros_like(logp)
     if pg_coef != 0:
@@ -207,7 +211,6 @@ def grpo_token_objective(logp: Tensor, entropy: Tensor, *, advantages: Tensor, a
         else:
             d, info = skill_sd_loss(logp, teacher_logp, old, max_log_ratio=max_log_ratio)
         terms["distill"] = d.detach()
-        terms["gap"] = (teacher_logp - logp).detach()
         if sdar_coef != 0:
             objective = objective + distill_weight * (sdar_coef * d)
     return objective, terms

@@ -256,6 +256,27 @@ def test_grpo_switches(impl):
     assert a.item() == b.item() and torch.equal(dh_a, dh_b)
 
 
+@pytest.mark.parametrize("impl", ["naive", "chunked"])
+def test_grpo_rlsd_metrics_match_fp64(impl):
+    """RLSD has a teacher but no distillation term: the gap and the advantage weight are still reported."""
+    d = _batch(torch.float32, seed=6)
+    hs, ht, y = d["hs"].reshape(-1, 20), d["ht"].reshape(-1, 20), d["y"].reshape(-1)
+    valid = (y != -100) & (d["mask"].reshape(-1) != 0)
+    _, ls, _, _, _ = truth(hs, d["w"], y, valid, 1.0)
+    _, lt, _, _, _ = truth(ht, d["w"], y, valid, 1.0)
+    old = d["old"].reshape(-1).double()
+    adv = d["adv"][:, None].expand(3, 5).reshape(-1).double()
+    ratio = torch.exp(torch.sign(adv) * (lt - old))
+    weight = 0.7 + 0.3 * ratio.clamp(0.8, 1.2)
+    _, m, _, _ = _grpo_run(impl, d, old=d["old"], distill="none", rlsd_coef=0.3)
+    assert m["gap_mean"].item() == pytest.approx((lt - ls)[valid].mean().item(), abs=1e-5)
+    assert m["neg_gap_frac"].item() == pytest.approx(((lt - ls)[valid] < 0).double().mean().item())
+    assert m["rlsd_weight_mean"].item() == pytest.approx(weight[valid].mean().item(), abs=1e-5)
+    assert m["gate_mean"].item() == 0.0 and m["sdar_loss"].item() == 0.0
+    _, m_off, _, _ = _grpo_run(impl, d, old=d["old"], distill="none")
+    assert m_off["rlsd_weight_mean"].item() == 1.0 and m_off["gap_mean"].item() == pytest.approx(m["gap_mean"].item())
+
+
 @pytest.mark.parametrize("impl", ALL_IMPLS)
 def test_grpo_fully_masked_is_zero(impl):
     d = _batch(torch.float32, seed=3)
