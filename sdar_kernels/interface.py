@@ -316,7 +316,8 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
         pg_loss, kl, entropy (aggregated like the loss), sdar_loss (token mean of the distillation
         term), clip_frac, ratio_mean, logp_mean, teacher_logp_mean, gap_mean, neg_gap_frac, gate_mean,
         gate_pos_gap_mean, gate_neg_gap_mean, rlsd_weight_mean (means over valid tokens; gap ones 0
-        without a teacher, gate ones 0 without the SDAR term, the RLSD weight 1 without RLSD), with loss = pg_coef·pg_loss + kl_coef·kl − entropy_coef·entropy + sdar_coef·sdar_loss.
+        without a teacher, gate ones 0 without the SDAR term, the RLSD weight 1 without RLSD), with
+        loss = pg_coef·pg_loss + kl_coef·kl − entropy_coef·entropy + sdar_coef·sdar_loss.
 
     Student and teacher rows go through one ``row_stats`` call; backward recomputes the student
     logits tile by tile (5 GEMMs in all; on CPU tall row blocks over vocabulary tiles beat a

@@ -274,7 +274,8 @@ def test_grpo_rlsd_metrics_match_fp64(impl):
     assert m["rlsd_weight_mean"].item() == pytest.approx(weight[valid].mean().item(), abs=1e-5)
     assert m["gate_mean"].item() == 0.0 and m["sdar_loss"].item() == 0.0
     _, m_off, _, _ = _grpo_run(impl, d, old=d["old"], distill="none")
-    assert m_off["rlsd_weight_mean"].item() == 1.0 and m_off["gap_mean"].item() == pytest.approx(m["gap_mean"].item())
+    assert m_off["rlsd_weight_mean"].item() == 1.0
+    assert m_off["gap_mean"].item() == pytest.approx(m["gap_mean"].item())
 
 
 @pytest.mark.parametrize("impl", ALL_IMPLS)
