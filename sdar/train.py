@@ -85,6 +85,7 @@ def update(model, optimizer, samples, pre: dict, advantages: torch.Tensor, cfg: 
     spec = method_spec(cfg.method)
     opts = loss_options(cfg.method, lam=cfg.lam, gate=cfg.gate, step=step, rlsd_decay_steps=cfg.rlsd_decay_steps)
     weight = lm_head_weight(model)
+    pad_id = pad_token_id(model)
     params = [p for p in model.parameters() if p.requires_grad]
     gen = torch.Generator().manual_seed(cfg.seed * 7919 + step)
     sums, count = {}, 0.0
@@ -104,11 +105,11 @@ def update(model, optimizer, samples, pre: dict, advantages: torch.Tensor, cfg: 
                 continue
             for micro in micros:
                 if micro is None:
-                    _zero_pass(model, pad_token_id(model), device)
+                    _zero_pass(model, pad_id, device)
                     continue
                 idx = [mb[j] for j in micro]
                 packed = pack([samples[i].prompt_ids for i in idx], [samples[i].response_ids for i in idx],
-                              pad_id=pad_token_id(model), device=device, resp_len=fixed_len)
+                              pad_id=pad_id, device=device, resp_len=fixed_len)
                 r = packed.labels.shape[1]
                 h = response_hidden(model, packed)  # (b, R, H), with grad
                 if world > 1:
