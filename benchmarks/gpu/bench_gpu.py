@@ -2,6 +2,7 @@
 
     python3 benchmarks/gpu/bench_gpu.py --set quick --out benchmarks/results/gpu     # H 4096, N 8k + 8k
     python3 benchmarks/gpu/bench_gpu.py --set full  --out benchmarks/results/gpu     # H 2048/4096/5120 x N 4k/8k/16k
+    python3 benchmarks/gpu/bench_gpu.py --shapes 4096x8192 --logit-scale 4        # chosen shapes, peaked logits
 
 Providers (each skipped with its reason when it cannot run):
   materialised   bf16 GEMM logits -> fp32 log-softmax (student with grad, teacher under no_grad): the naive
@@ -172,11 +173,13 @@ def _events_ms(fn, reps):
     return statistics.median(times)
 
 
-def make_inputs(h, n, vocab, dtype, dev):
+def make_inputs(h, n, vocab, dtype, dev, logit_scale=1.0):
+    """Random head and hidden states; logits have standard deviation ``logit_scale`` (1: nearly uniform
+    softmax; 3-5: peaked like a trained LM's, which is what the backward tile skip needs)."""
     g = torch.Generator(device=dev).manual_seed(0)
     w = (torch.randn(vocab, h, device=dev, generator=g) / math.sqrt(h)).to(dtype).requires_grad_()
-    hs = torch.randn(n, h, device=dev, generator=g).to(dtype).requires_grad_()
-    ht = (hs.detach() + 0.3 * torch.randn(n, h, device=dev, generator=g).to(dtype))
+    hs = (logit_scale * torch.randn(n, h, device=dev, generator=g)).to(dtype).requires_grad_()
+    ht = (hs.detach() + 0.3 * logit_scale * torch.randn(n, h, device=dev, generator=g).to(dtype))
     y = torch.randint(0, vocab, (n,), device=dev, generator=g)
     return hs, ht, w, y
 
@@ -196,8 +199,8 @@ def smoke(vocab=300, h=32, n=64) -> int:
     return 1 if failures else 0
 
 
-def measure(provider, h, n, reps, warmup, dtype=torch.bfloat16):
-    hs, ht, w, y = make_inputs(h, n, VOCAB, dtype, torch.device("cuda"))
+def measure(provider, h, n, reps, warmup, dtype=torch.bfloat16, logit_scale=1.0):
+    hs, ht, w, y = make_inputs(h, n, VOCAB, dtype, torch.device("cuda"), logit_scale)
     fn = PROVIDERS[provider]
     import os
     os.environ.pop("SDAR_TRITON_BACKWARD", None)
@@ -249,8 +252,9 @@ def write_results(rows, info, out: Path, stem: str) -> str:
     (out / f"{stem}.json").write_text(json.dumps(dict(machine=info, rows=rows), indent=1))
     md = [f"## SDAR loss on {info['device']} (bf16, V = {VOCAB:,}, N student + N teacher)", "",
           f"torch {info['torch']}, triton {info['triton']}; measured bf16 matmul {info['matmul_tflops']:.0f} "
-          f"TFLOP/s, copy {info['copy_tbps']:.2f} TB/s; floor = 10·N·H·V at the measured rate; "
-          "backward = full - forward; peak extra = max allocated minus inputs and returned gradients.", "",
+          f"TFLOP/s, copy {info['copy_tbps']:.2f} TB/s; logit std {info.get('logit_scale', 1.0):g}; "
+          "floor = 10·N·H·V at the measured rate; backward = full - forward; "
+          "peak extra = max allocated minus inputs and returned gradients.", "",
           "| provider | H | N | forward ms | backward ms | full ms | % of floor | peak extra MiB |",
           "|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -267,6 +271,8 @@ def write_results(rows, info, out: Path, stem: str) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", choices=sorted(SETS), default="quick")
+    parser.add_argument("--shapes", help="HxN,... instead of --set (e.g. 5120x8192,4096x4096)")
+    parser.add_argument("--logit-scale", type=float, default=1.0, help="standard deviation of the logits")
     parser.add_argument("--providers", default=",".join(PROVIDERS), help="comma-separated subset")
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -289,8 +295,16 @@ def main(argv=None) -> int:
                 triton=triton.__version__, python=platform.python_version(), matmul_tflops=tflops,
                 copy_tbps=tbps, vocab=VOCAB, dtype="bfloat16")
     print(f"# {props.name}: measured bf16 matmul {tflops:.0f} TFLOP/s, copy {tbps:.2f} TB/s", flush=True)
+    info["logit_scale"] = args.logit_scale
+    shapes = SETS[args.set]
+    name = f"gpu_{args.set}"
+    if args.shapes:
+        shapes = [tuple(int(v) for v in shape.split("x")) for shape in args.shapes.split(",")]
+        name = "gpu_shapes"
+    if args.logit_scale != 1.0:
+        name += f"_scale{args.logit_scale:g}"
     rows = []
-    for shape_index, (h, n) in enumerate(SETS[args.set]):
+    for shape_index, (h, n) in enumerate(shapes):
         floor_ms = floors.flops(n, h, VOCAB) / (tflops * 1e12) * 1e3
         for provider in args.providers.split(","):
             row = dict(provider=provider, H=h, N=n, floor_ms=floor_ms)
@@ -300,15 +314,15 @@ def main(argv=None) -> int:
                 row["error"] = "skipped: Liger measured on the first shapes only"
             else:
                 try:
-                    row.update(measure(provider, h, n, args.reps, args.warmup))
+                    row.update(measure(provider, h, n, args.reps, args.warmup, logit_scale=args.logit_scale))
                     row["pct_of_floor"] = 100.0 * floor_ms / row["full_ms"]
                 except Exception as exc:  # one failing provider must not stop the table
                     row["error"] = f"{type(exc).__name__}: {_first_line(exc, 120)}"
                 torch.cuda.empty_cache()
             rows.append(row)
             print(json.dumps(row), flush=True)
-            write_results(rows, info, args.out, f"gpu_{args.set}")  # keep what is done if killed later
-    print(write_results(rows, info, args.out, f"gpu_{args.set}"))
+            write_results(rows, info, args.out, name)  # keep what is done if killed later
+    print(write_results(rows, info, args.out, name))
     return 0
 
 
