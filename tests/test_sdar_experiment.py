@@ -87,7 +87,7 @@ def test_household_seeds_is_the_cpu_budget_from_one_warm_start():
 def test_household_oracle_differs_from_household_seeds_only_in_the_teacher_context_and_length():
     """The oracle study: the household_seeds budget, but the teacher (and the SFT's privileged demos) read the
     instance hint, 60 steps evaluated every 10; its own out_dir (its warm start differs). The coef, beta and gate
-    grids are sdar with only λ, β or the gate changed, the opsd and rlsd grids sdar with only the method
+    grids are sdar with only λ, β or the gate changed, the opsd, rlsd and skill grids sdar with only the method
     changed."""
     g, seeds = _grid("household_oracle"), _grid("household_seeds")
     base = {c.name: ex._resolve(c.overrides) for c in ex.expand(seeds)}
@@ -98,7 +98,8 @@ def test_household_oracle_differs_from_household_seeds_only_in_the_teacher_conte
                  for lam in (0.05, 0.1) for s in (0, 1, 2)}
     expected |= {f"household__opsd__s{s}": (f"household__sdar__s{s}", {"method": "opsd"}) for s in (0, 1, 2)}
     expected |= {f"household__sdar__beta-20__s{s}": (f"household__sdar__s{s}", {"beta": 20.0}) for s in (0, 1, 2)}
-    expected |= {f"household__rlsd__s{s}": (f"household__sdar__s{s}", {"method": "rlsd"}) for s in (0, 1, 2)}
+    expected |= {f"household__{m}__s{s}": (f"household__sdar__s{s}", {"method": m})
+                 for m in ("rlsd", "skill_grpo", "skill_sd") for s in (0, 1, 2)}
     expected |= {f"household__sdar__gate-{gate}__s{s}": (f"household__sdar__s{s}", {"gate": gate})
                  for gate in ("entropy", "soft_or") for s in (0, 1, 2)}
     assert sorted(c.name for c in cells) == sorted(expected)
