@@ -10,6 +10,8 @@ Providers (each skipped with its reason when it cannot run):
   sk-naive, sk-chunked, sk-triton   sdar_kernels.sdar_loss(impl=...) (the public API)
   launchers-workspace, launchers-atomic, launchers-atomic-skip   the Triton launchers alone: row_stats over
                  student + teacher rows, grad for the student rows (the kernel cost without the loss glue)
+  proto-fwdgrad-*   a prototype, not in the package: the gradient formed in the forward per token chunk
+                 (cuBLAS logits + a PyTorch row epilogue, eager or torch.compile'd; 8·N·H·V flops, no recompute)
   liger-grpo     LigerFusedLinearGRPOLoss with the teacher as its reference branch
   liger-jsd      LigerFusedLinearJSDLoss, beta = 1 (soft loss only)
   cce            cut_cross_entropy.linear_cross_entropy, per-token NLL of the student rows only
@@ -105,6 +107,58 @@ def launchers(**options):
     return run
 
 
+def _sdar_epilogue(zs, zt, label, beta: float, n: int):
+    """Row epilogue of the forward-gradient prototype: from a chunk's student and teacher logits, the summed
+    gated gap and dz = gate/N·(p − onehot) (the published loss's gradient w.r.t. the student logits)."""
+    zs, zt = zs.float(), zt.float()
+    logp_t = zt.gather(1, label) - torch.logsumexp(zt, dim=-1, keepdim=True)
+    lse = torch.logsumexp(zs, dim=-1, keepdim=True)
+    gap = logp_t - (zs.gather(1, label) - lse)
+    gate = torch.sigmoid(beta * gap)
+    coef = gate / n  # the loss's derivative w.r.t. logp_s is -coef; d logp_s / dz = onehot - p
+    dz = (torch.exp(zs - lse) * coef).scatter_add(1, label, -coef)
+    return (gate * gap).sum(), dz
+
+
+class _ForwardGrad(torch.autograd.Function):
+    """Prototype, not in the package: the published SDAR loss with its gradient formed in the forward, a token
+    chunk at a time (8·N·H·V flops, no recompute): cuBLAS logits for the chunk's student and teacher rows, the
+    row epilogue (eager or torch.compile'd), then dh = dz·W and dW += dzᵀ·h; the backward only scales the
+    stored gradients. Memory: the chunk's [c, V] logits and epilogue temporaries, and an fp32 dW."""
+
+    @staticmethod
+    def forward(ctx, hs, ht, w, y, chunk, beta, epilogue):
+        n = hs.shape[0]
+        dh = torch.empty_like(hs)
+        dw = torch.zeros(w.shape, dtype=torch.float32, device=w.device)
+        total = torch.zeros((), dtype=torch.float32, device=hs.device)
+        for start in range(0, n, chunk):
+            rows = slice(start, min(start + chunk, n))
+            h = hs[rows]
+            part, dz = epilogue(h @ w.T, ht[rows] @ w.T, y[rows, None], beta, n)
+            total += part
+            dz = dz.to(w.dtype)
+            dh[rows] = dz @ w
+            dw += dz.T @ h
+        ctx.save_for_backward(dh, dw)
+        ctx.weight_dtype = w.dtype
+        return total / n
+
+    @staticmethod
+    def backward(ctx, g):
+        dh, dw = ctx.saved_tensors
+        return dh * g.to(dh.dtype), None, (dw * g).to(ctx.weight_dtype), None, None, None, None
+
+
+def forward_grad(chunk, compiled=False):
+    def run(hs, ht, w, y):
+        epilogue = _sdar_epilogue
+        if compiled:
+            epilogue = _cached("compiled_epilogue", lambda: torch.compile(_sdar_epilogue, dynamic=False))
+        return _ForwardGrad.apply(hs, ht.detach(), w, y, chunk, 5.0, epilogue)
+    return run
+
+
 def liger_grpo(hs, ht, w, y):
     from liger_kernel.chunked_loss import LigerFusedLinearGRPOLoss
     b = max(1, hs.shape[0] // 1024)
@@ -154,6 +208,9 @@ PROVIDERS = {
     "launchers-two_pass": launchers(strategy="two_pass"),
     "launchers-atomic": launchers(strategy="atomic"),
     "launchers-atomic-skip": launchers(strategy="atomic", skip_threshold=2.0**-14),
+    "proto-fwdgrad-1024": forward_grad(1024),
+    "proto-fwdgrad-4096": forward_grad(4096),
+    "proto-fwdgrad-4096-compiled": forward_grad(4096, compiled=True),
     "liger-grpo": liger_grpo,
     "liger-jsd": liger_jsd,
     "cce": cce,
@@ -185,8 +242,19 @@ def make_inputs(h, n, vocab, dtype, dev, logit_scale=1.0):
 
 
 def smoke(vocab=300, h=32, n=64) -> int:
-    """CPU check of every provider's code path at a toy shape (Triton through the interpreter)."""
+    """CPU check of every provider's code path at a toy shape (Triton through the interpreter); the prototypes
+    must also match the materialised loss and gradients."""
     failures = 0
+    hs, ht, w, y = make_inputs(h, n, vocab, torch.float64, torch.device("cpu"))
+    materialised(hs, ht, w, y).backward()
+    want = (hs.grad.clone(), w.grad.clone())
+    for chunk in (7, 64):
+        hs.grad = w.grad = None
+        _ForwardGrad.apply(hs, ht, w, y, chunk, 5.0, _sdar_epilogue).backward()
+        # both round their logits to fp32 (.float()); relative to the largest gradient entry
+        err = max(((got - ref).abs().max() / ref.abs().max()).item() for got, ref in zip((hs.grad, w.grad), want))
+        print(f"smoke forward-grad prototype, chunk {chunk}: max |grad - materialised| / max |grad| = {err:.1e}")
+        failures += not err < 1e-5
     for name, fn in PROVIDERS.items():
         hs, ht, w, y = make_inputs(h, n, vocab, torch.float32, torch.device("cpu"))
         try:
