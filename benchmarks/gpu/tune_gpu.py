@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "gpu"))
-from bench_gpu import _events_ms, machine_rates  # noqa: E402
+from bench_gpu import _events_ms, _positive, machine_rates  # noqa: E402
 
 VOCAB = 151_936
 # First entries: the defaults (the reference of the error column). Round 1 on an H200 (block_n 128 default then)
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
     p.add_argument("--h", type=int, default=4096)
     p.add_argument("--n", type=int, default=8192)
     p.add_argument("--budget-s", type=float, default=60.0)
-    p.add_argument("--logit-scale", type=float, default=1.0, help="standard deviation of the logits")
+    p.add_argument("--logit-scale", type=_positive, default=1.0, help="standard deviation of the logits")
     p.add_argument("--only", choices=["row_stats", "grad"], help="sweep one launcher only")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "gpu")
     args = p.parse_args(argv)
@@ -112,9 +112,8 @@ def main(argv=None) -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
-    info = dict(device=torch.cuda.get_device_name(0), matmul_tflops=rate, H=h, N=n, vocab=VOCAB)
+    info = dict(device=torch.cuda.get_device_name(0), matmul_tflops=rate, H=h, N=n, vocab=VOCAB, logit_scale=scale)
     stem = "tune_gpu" if scale == 1.0 else f"tune_gpu_scale{scale:g}"
-    info["logit_scale"] = scale
     (args.out / f"{stem}.json").write_text(json.dumps(dict(machine=info, rows=rows), indent=1))
     md = [f"## Launch configurations on {info['device']} (bf16, H {h}, N {n} (+{n} teacher rows in row_stats), "
           f"V {VOCAB:,}; logit std {scale:g}; matmul {rate:.0f} TFLOP/s)", "",
