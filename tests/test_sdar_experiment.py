@@ -88,7 +88,7 @@ def test_household_oracle_differs_from_household_seeds_only_in_the_teacher_conte
     """The oracle study: the household_seeds budget, but the teacher (and the SFT's privileged demos) read the
     instance hint, 60 steps evaluated every 10; its own out_dir (its warm start differs). The coef, beta and gate
     grids are sdar with only λ, β or the gate changed, the opsd, rlsd and skill grids sdar with only the method
-    changed."""
+    changed; the confirm grid is grpo and the soft_or gate again on fresh seeds."""
     g, seeds = _grid("household_oracle"), _grid("household_seeds")
     base = {c.name: ex._resolve(c.overrides) for c in ex.expand(seeds)}
     cells = ex.expand(g)
@@ -102,11 +102,16 @@ def test_household_oracle_differs_from_household_seeds_only_in_the_teacher_conte
                  for m in ("rlsd", "skill_grpo", "skill_sd") for s in (0, 1, 2)}
     expected |= {f"household__sdar__gate-{gate}__s{s}": (f"household__sdar__s{s}", {"gate": gate})
                  for gate in ("entropy", "soft_or") for s in (0, 1, 2)}
+    # the confirm grid: grpo and the soft_or gate on fresh seeds 3-5
+    expected |= {f"household__grpo__s{s}": ("household__grpo__s0", {}) for s in (3, 4, 5)}
+    expected |= {f"household__sdar__gate-soft_or__s{s}": ("household__sdar__s0", {"gate": "soft_or"})
+                 for s in (3, 4, 5)}
     assert sorted(c.name for c in cells) == sorted(expected)
     changed = {"skill_strategy": "oracle", "steps": 60, "eval_every": 10, "save_every": 10}
     for c in cells:
         twin, extra = expected[c.name]
         assert ex._resolve(c.overrides) == {**base[twin], **changed, **extra}
+        assert c.name.endswith(f"__s{c.seed}")
     assert g["warm_start"]["sft"]["skill_strategy"] == "oracle" and g["out_dir"] != seeds["out_dir"]
     assert {c.warm_key for c in cells} == {"household__s0"}
 
