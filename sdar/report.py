@@ -9,7 +9,8 @@ text around them is kept):
 - per grid and env, the final held-out evaluation (mean ± std over seeds; std is the sample standard
   deviation, ddof = 1, "–" for a single seed): success, the shop score, success per household task
   type / search question kind, Skill-GRPO with skills;
-- success minus ``grpo``'s paired by seed (mean ± std over seeds, and each seed's difference);
+- success minus ``grpo``'s paired by seed (mean ± std over seeds, each seed's difference and the paired t),
+  at the last evaluation and averaged over the evaluations after step 0 (``grpo`` of the grid, else of ``main``);
 - learning curves (eval success vs step; mean line, ± std band over seeds) and entropy curves, PNG
   under ``OUT/results/``;
 - gate statistics over training for the teacher-gated methods (``sdar`` variants, ``grpo_opsd``):
@@ -125,22 +126,47 @@ def final_table(runs: list[dict], group: str, env: str) -> str:
     return "\n".join(lines)
 
 
+def _run_average(run: dict) -> float | None:
+    """Mean held-out success over the run's evaluations after step 0 (the whole curve, not its last point)."""
+    vals = [m["eval_success"] for m in run["metrics"] if m.get("step", 0) > 0
+            and isinstance(m.get("eval_success"), (int, float)) and not math.isnan(m["eval_success"])]
+    return sum(vals) / len(vals) if vals else None
+
+
+def paired_t(diffs: list[float]) -> float | None:
+    """The paired t statistic mean / (std / √n) of per-seed differences (n − 1 degrees of freedom); None for
+    fewer than two seeds or no spread."""
+    m, sd = mean_std(diffs)
+    return m / (sd / math.sqrt(len(diffs))) if sd else None
+
+
 def paired_table(runs: list[dict], group: str, env: str, base: str = "grpo") -> str:
-    """Final success minus ``base``'s, paired by seed (same seed = same warm start and, for a shared warm
-    start, the same training tasks per step): mean ± std over the paired seeds, and each seed's difference."""
+    """Success minus ``base``'s, paired by seed (same seed = same warm start and, for a shared warm start, the
+    same training tasks per step), at the last evaluation (mean ± std over the paired seeds, each seed's
+    difference, the paired t) and averaged over the evaluations after step 0. ``base`` comes from ``group``
+    or, when the group has none, from the ``main`` group of the same experiment."""
     rows = _rows(runs, group, env)
-    if base not in rows or len(rows) < 2:
+    ref_rows = rows.get(base) or _rows(runs, "main", env).get(base)
+    if not ref_rows or not set(rows) - {base}:
         return ""
-    ref = {r["seed"]: r["done"]["final_eval"].get("eval_success") for r in rows[base]}
-    lines = [f"| config | paired seeds | success − {base} | per seed |", "|---|---|---|---|"]
+    ref = {r["seed"]: r for r in ref_rows if "eval_success" in r["done"]["final_eval"]}
+    lines = [f"| config | paired seeds | success − {base} | per seed | paired t | run average − {base} |",
+             "|---|---|---|---|---|---|"]
     for name, rs in rows.items():
         if name == base:
             continue
-        diffs = {r["seed"]: r["done"]["final_eval"]["eval_success"] - ref[r["seed"]] for r in rs
-                 if ref.get(r["seed"]) is not None and "eval_success" in r["done"]["final_eval"]}
-        if diffs:
-            per_seed = ", ".join(f"s{k}: {v:+.3f}" for k, v in sorted(diffs.items()))
-            lines.append(f"| {name} | {len(diffs)} | {fmt(list(diffs.values()))} | {per_seed} |")
+        pairs = {r["seed"]: (r, ref[r["seed"]]) for r in rs
+                 if r["seed"] in ref and "eval_success" in r["done"]["final_eval"]}
+        if not pairs:
+            continue
+        diffs = {k: a["done"]["final_eval"]["eval_success"] - b["done"]["final_eval"]["eval_success"]
+                 for k, (a, b) in pairs.items()}
+        averages = [(_run_average(a), _run_average(b)) for a, b in pairs.values()]
+        avg = [a - b for a, b in averages if a is not None and b is not None]
+        t = paired_t(list(diffs.values()))
+        per_seed = ", ".join(f"s{k}: {v:+.3f}" for k, v in sorted(diffs.items()))
+        lines.append(f"| {name} | {len(diffs)} | {fmt(list(diffs.values()))} | {per_seed} | "
+                     f"{'–' if t is None else f'{t:.2f}'} | {fmt(avg)} |")
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -266,7 +292,10 @@ def render(runs_dir: str, out_dir: str) -> str:
                              f"standard error is at most 0.5/√{n} = {0.5 / math.sqrt(n):.3f}.")
             paired = paired_table(runs, group, env)
             if paired:
-                parts.append(f"Paired by seed against grpo:\n\n{paired}")
+                own = "grpo" in _rows(runs, group, env)
+                parts.append(f"Paired by seed against grpo{'' if own else ' of grid main'} (paired t: "
+                             f"n − 1 degrees of freedom; run average: over the evaluations after step 0):"
+                             f"\n\n{paired}")
             for key, label in (("eval_success", "success"), ("entropy", "entropy")):
                 png = plot_curves(runs, group, env, key, os.path.join(img_dir, f"{group}_{env}_{label}.png"))
                 if png:
@@ -307,5 +336,5 @@ def write_report(runs_dir: str, out_dir: str = "docs") -> str:
     return path
 
 
-__all__ = ["collect", "final_table", "fmt", "gate_table", "mean_std", "paired_table", "plot_curves", "render",
-           "wallclock_table", "write_report"]
+__all__ = ["collect", "final_table", "fmt", "gate_table", "mean_std", "paired_t", "paired_table", "plot_curves",
+           "render", "wallclock_table", "write_report"]

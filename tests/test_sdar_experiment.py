@@ -365,6 +365,26 @@ def test_report_tables_by_hand(tmp_path):
     assert open(path).read() == text
 
 
+def test_report_paired_against_main_grpo_by_hand(tmp_path):
+    """A grid without grpo pairs with grid main's grpo: last-step differences, paired t, run averages."""
+    root = str(tmp_path / "exp")
+    curves = {"grpo": {0: [0.2, 0.3, 0.4], 1: [0.2, 0.2, 0.3], 2: [0.2, 0.5, 0.2]},
+              "sdar__gate-soft_or": {0: [0.2, 0.4, 0.5], 1: [0.2, 0.1, 0.4], 2: [0.2, 0.5, 0.4], 7: [0.2, 0.9, 0.9]},
+              "sdar__gate-entropy": {0: [0.2, 0.3, 0.3]}}
+    for row, seeds in curves.items():
+        for seed, evals in seeds.items():
+            _fake_run(root, f"household__{row}__s{seed}", groups=["main" if row == "grpo" else "gate"],
+                      method=row.split("__")[0], gate="gap", env_name="household", evals=evals)
+    text = rp.render(root, str(tmp_path / "docs"))
+    # last step: +0.1, +0.1, +0.2 (seed 7 has no grpo partner); mean 2/15, std √(1/300), t = (2/15)/√(1/900) = 4
+    assert ("| sdar__gate-soft_or | 3 | 0.133 ± 0.058 | s0: +0.100, s1: +0.100, s2: +0.200 | 4.00 | 0.067 ± 0.058 |"
+            in text)  # run averages after step 0: 0.45 − 0.35, 0.25 − 0.25, 0.45 − 0.35
+    assert "| sdar__gate-entropy | 1 | -0.100 | s0: -0.100 | – | -0.050 |" in text
+    assert "Paired by seed against grpo of grid main" in text
+    assert rp.paired_t([0.1, 0.1, 0.2]) == pytest.approx(4.0) and rp.paired_t([0.3]) is None
+    assert rp.paired_t([0.1, 0.1]) is None  # no spread
+
+
 def test_mean_std_and_markers(tmp_path):
     assert rp.mean_std([1.0, 3.0]) == (2.0, math.sqrt(2.0))
     assert rp.mean_std([0.4]) == (0.4, None)
