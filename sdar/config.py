@@ -60,7 +60,7 @@ class Config:
     coef: float | None = None  # distillation λ; None -> method default (sdar 0.01, skill_sd 0.001, rlsd 0.5)
     gate: str = "gap"  # SDAR gate: gap (published) | entropy | soft_or | none (grpo_opsd forces none)
     beta: float = 5.0  # gate sharpness β (published 5)
-    distill_loss: str = "sdar"  # SDAR estimator: sdar (published) | reverse_kl | full_reverse_kl | full_forward_kl | jsd
+    distill_loss: str = "sdar"  # estimator: sdar (published) | reverse_kl | full_reverse_kl | full_forward_kl | jsd
     rlsd_decay_steps: int = 100  # rlsd: λ decays linearly from coef to 0 over this many steps
     skill_strategy: str = "task_type"  # how skills are retrieved for the teacher (or skill_grpo student)
     skill_max_chars: int = 400  # cap on the skill text (keeps the teacher prompt short on CPU)

@@ -61,7 +61,8 @@ from sdar.config import Config, EvalConfig, InitConfig, SFTConfig
 
 #: Config fields a cell may not set (the runner owns them).
 _RUNNER_FIELDS = ("run_dir", "model_dir", "resume", "seed")
-_TOP_KEYS = ("name", "out_dir", "seeds", "budget", "envs", "warm_start", "grids", "estimate", "description")
+_TOP_KEYS = ("name", "out_dir", "seeds", "budget", "envs", "warm_start", "grids", "estimate", "description",
+             "teacher_eval")
 
 
 @dataclass
@@ -117,6 +118,8 @@ def check_grid(grid: dict) -> None:
         raise ValueError("envs: expected a non-empty object {label: {Config fields}}")
     if not isinstance(grid["grids"], list) or not grid["grids"]:
         raise ValueError("grids: expected a non-empty list of {name, envs, methods, axes}")
+    if not isinstance(grid.get("teacher_eval", False), bool):
+        raise ValueError(f"teacher_eval: expected true or false, got {grid['teacher_eval']!r}")
     ws = grid.get("warm_start", {})
     if not isinstance(ws, dict) or set(ws) - {"init", "sft", "model_dir", "eval_step0", "seed"}:
         raise ValueError("warm_start: expected {init, sft} or {model_dir, eval_step0}, and optionally seed")
@@ -311,6 +314,42 @@ def _cell_record(cell: Cell, cfg: Config) -> dict:
             "seed": cell.seed, "groups": cell.groups, "config": dataclasses.asdict(cfg)}
 
 
+def teacher_eval(cfg: Config, rdir: str, *, runner=run_cli) -> dict:
+    """The run's final model evaluated on its held-out tasks in the teacher's context (the skills its teacher
+    reads, in the policy's own prompt): how much of the privileged context's lead training kept. ``sdar eval``
+    writes ``RDIR/teacher_eval.json`` once (atomically); a rerun reuses it."""
+    path = os.path.join(rdir, "teacher_eval.json")
+    if not os.path.exists(path):
+        if not os.path.exists(os.path.join(rdir, "final", "config.json")):
+            raise RuntimeError(f"{rdir}/final: no final model to evaluate (the weights are not committed; delete "
+                               f"{rdir}/done.json to retrain the cell)")
+        flags = {"model_dir": os.path.join(rdir, "final"), "env": cfg.env, "preset": cfg.preset,
+                 "env_seed": cfg.env_seed, "split": cfg.eval_split, "seeds": cfg.eval_seeds,
+                 "temperature": cfg.eval_temperature, "max_turns": cfg.max_turns,
+                 "max_new_tokens": cfg.max_new_tokens, "skills": True, "skill_strategy": cfg.skill_strategy,
+                 "skill_max_chars": cfg.skill_max_chars, "engine": cfg.engine, "device": cfg.device,
+                 "dtype": cfg.dtype, "threads": cfg.threads, "out": path + ".tmp"}
+        if runner(["eval", *_flags(flags)], os.path.join(rdir, "train.log")) != 0 or not os.path.exists(path + ".tmp"):
+            raise RuntimeError(f"{rdir}: the teacher-context evaluation failed (see {rdir}/train.log)")
+        os.replace(path + ".tmp", path)
+    with open(path) as f:
+        return json.load(f)
+
+
+def _wants_teacher_eval(grid: dict, final: dict) -> bool:
+    """Whether the grid asks for it and the run has not measured it itself (skill_grpo evaluates with skills)."""
+    return bool(grid.get("teacher_eval")) and "eval_skills_success" not in final
+
+
+def _teacher_eval_pending(grid: dict, cell: Cell, out_dir: str) -> bool:
+    """A finished cell the grid wants a teacher-context evaluation of, and has none (it finished before)."""
+    rdir = run_dir(out_dir, cell)
+    if not grid.get("teacher_eval") or os.path.exists(os.path.join(rdir, "teacher_eval.json")):
+        return False
+    with open(os.path.join(rdir, "done.json")) as f:
+        return _wants_teacher_eval(grid, json.load(f)["final_eval"])
+
+
 def run_cell(grid: dict, cell: Cell, out_dir: str, *, runner=run_cli) -> dict:
     """Train ``cell`` (resuming if it was interrupted) and write its done.json; returns done.json."""
     rdir = run_dir(out_dir, cell)
@@ -342,6 +381,8 @@ def run_cell(grid: dict, cell: Cell, out_dir: str, *, runner=run_cli) -> dict:
         raise RuntimeError(f"cell {cell.name}: training failed (rc {rc}; see {rdir}/train.log)")
     final = {k: v for k, v in rows[-1].items() if k.startswith("eval_")}
     _write_json(os.path.join(rdir, "eval.json"), {"step": cfg.steps, "split": cfg.eval_split, **final})
+    if _wants_teacher_eval(grid, final):
+        teacher_eval(cfg, rdir, runner=runner)
     step_times = [r["step_time"] for r in rows if "step_time" in r]
     done = {"name": cell.name, "steps": cfg.steps, "final_eval": final, "session_seconds": time.time() - t0,
             "mean_step_time": sum(step_times) / max(len(step_times), 1),
@@ -371,13 +412,15 @@ def plan(grid: dict, cells: list[Cell], out_dir: str) -> str:
     todo = [c for c in cells if not is_done(out_dir, c)]
     lines = [f"{len(cells)} cells ({len(cells) - len(todo)} done, {len(todo)} to run) in {out_dir}"]
     for c in cells:
-        state = "done" if is_done(out_dir, c) else (
+        state = ("evaluate" if _teacher_eval_pending(grid, c, out_dir) else "done") if is_done(out_dir, c) else (
             "failed" if os.path.exists(os.path.join(run_dir(out_dir, c), "failed.json")) else (
                 "started" if os.path.exists(os.path.join(run_dir(out_dir, c), "metrics.jsonl")) else "todo"))
         lines.append(f"  {state:8s} {c.name}  [{', '.join(c.groups)}]")
     sec = estimate_seconds(grid, todo)
     lines.append(f"estimated cost of the {len(todo)} unfinished cells: {sec / 3600:.1f} h "
                  f"({sec / 86400:.2f} days) at the config's 'estimate' timings")
+    if any(_teacher_eval_pending(grid, c, out_dir) for c in cells if is_done(out_dir, c)):
+        lines.append("evaluate: a finished cell whose teacher-context evaluation (teacher_eval) runs on the next pass")
     return "\n".join(lines)
 
 
@@ -395,7 +438,15 @@ def run_experiment(grid: dict, *, only: str | None = None, dry_run: bool = False
     ran, failed, skipped = [], [], []
     for c in cells:
         if is_done(out_dir, c):
-            skipped.append(c.name)
+            try:
+                if _teacher_eval_pending(grid, c, out_dir):
+                    log(f"[experiment] {c.name}: the teacher-context evaluation of its final model")
+                    rdir = run_dir(out_dir, c)
+                    teacher_eval(Config.load(os.path.join(rdir, "cell_config.json")), rdir, runner=runner)
+                skipped.append(c.name)
+            except RuntimeError as e:
+                log(f"[experiment] FAILED {e}")
+                failed.append(c.name)
             continue
         if max_cells is not None and len(ran) + len(failed) >= max_cells:
             break

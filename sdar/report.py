@@ -1,6 +1,6 @@
 """``sdar report RUNS_DIR --out docs/``: aggregate an experiment's runs into ``docs/RESULTS.md``.
 
-Reads ``RUNS_DIR/runs/*/{cell.json, metrics.jsonl, done.json}`` and
+Reads ``RUNS_DIR/runs/*/{cell.json, metrics.jsonl, done.json, teacher_eval.json}`` and
 ``RUNS_DIR/models/*/sft/sft_report.json`` (written by :mod:`sdar.experiment`) and writes, between the
 ``<!-- REPORT:BEGIN -->`` / ``<!-- REPORT:END -->`` markers of ``OUT/RESULTS.md`` (the hand-written
 text around them is kept):
@@ -8,7 +8,8 @@ text around them is kept):
 - the step-0 table: SFT student vs skill-prompted teacher success per env (mean ± std over seeds);
 - per grid and env, the final held-out evaluation (mean ± std over seeds; std is the sample standard
   deviation, ddof = 1, "–" for a single seed): success, the shop score, success per household task
-  type / search question kind, Skill-GRPO with skills;
+  type / search question kind, with skills in the prompt (Skill-GRPO's own evaluation, or the teacher-context
+  evaluation of ``teacher_eval.json`` when the grid sets ``teacher_eval``);
 - success minus ``grpo``'s paired by seed (mean ± std over seeds, each seed's difference and the paired t),
   at the last evaluation and averaged over the evaluations after step 0 (``grpo`` of the grid, else of ``main``);
 - learning curves (eval success vs step; mean line, ± std band over seeds) and entropy curves, PNG
@@ -74,7 +75,9 @@ def collect(runs_dir: str) -> dict:
         if not os.path.exists(os.path.join(rdir, "done.json")):
             unfinished.append(cell["name"])
             continue
+        teacher = os.path.join(rdir, "teacher_eval.json")
         runs.append({**cell, "done": _load_json(os.path.join(rdir, "done.json")),
+                     "teacher_eval": _load_json(teacher) if os.path.exists(teacher) else None,
                      "metrics": _read_jsonl(os.path.join(rdir, "metrics.jsonl")),
                      "method": cell["config"]["method"], "gate": cell["config"]["gate"]})
     warm = defaultdict(lambda: {"student": [], "teacher": []})
@@ -101,6 +104,15 @@ def _rows(runs: list[dict], group: str, env: str) -> dict[str, list[dict]]:
     return dict(rows)
 
 
+def _with_skills(run: dict) -> float | None:
+    """The final model's success with skills in its prompt: skill_grpo's own evaluation, else the runner's
+    teacher-context evaluation (``teacher_eval.json``)."""
+    final = run["done"]["final_eval"]
+    if "eval_skills_success" in final:
+        return final["eval_skills_success"]
+    return (run.get("teacher_eval") or {}).get("success")
+
+
 def final_table(runs: list[dict], group: str, env: str) -> str:
     """Markdown table of the final eval (mean ± std over seeds) of ``group`` on ``env``."""
     rows = _rows(runs, group, env)
@@ -109,7 +121,7 @@ def final_table(runs: list[dict], group: str, env: str) -> str:
     finals = [r["done"]["final_eval"] for rs in rows.values() for r in rs]
     types = sorted({t for e in finals for t in e.get("eval_success_by_type", {})})
     has_score = any(r["config"]["env"] in ("shop", "webshop") for rs in rows.values() for r in rs)
-    has_skills = any("eval_skills_success" in e for e in finals)
+    has_skills = any(_with_skills(r) is not None for rs in rows.values() for r in rs)
     head = ["config", "seeds", "success"] + (["score"] if has_score else []) + (
         ["success with skills"] if has_skills else []) + types
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -119,7 +131,7 @@ def final_table(runs: list[dict], group: str, env: str) -> str:
         if has_score:
             cols.append(fmt([e["eval_score"] for e in ev if "eval_score" in e]))
         if has_skills:
-            cols.append(fmt([e["eval_skills_success"] for e in ev if "eval_skills_success" in e]))
+            cols.append(fmt([v for v in map(_with_skills, rs) if v is not None]))
         cols += [fmt([e.get("eval_success_by_type", {})[t] for e in ev if t in e.get("eval_success_by_type", {})])
                  for t in types]
         lines.append("| " + " | ".join(cols) + " |")

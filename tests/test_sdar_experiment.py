@@ -14,7 +14,8 @@ import pytest
 
 from sdar import experiment as ex
 from sdar import report as rp
-from sdar.config import Config
+from sdar.cli import build_parser
+from sdar.config import Config, EvalConfig, config_from_args
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -161,8 +162,8 @@ def test_select_and_bad_configs(tmp_path):
 class FakeSdar:
     """Stands in for ``python -m sdar ARGV``: writes what init-model / sft / train write."""
 
-    def __init__(self, fail=()):
-        self.calls, self.fail = [], set(fail)
+    def __init__(self, fail=(), fail_eval=False):
+        self.calls, self.fail, self.fail_eval = [], set(fail), fail_eval
 
     def __call__(self, argv, log_path):
         self.calls.append(list(argv))
@@ -187,7 +188,17 @@ class FakeSdar:
                 for step in range(done_steps + 1, cfg.steps + 1):
                     if crash and step == 2:
                         return 1  # "killed" after step 1
-                    f.write(json.dumps({"step": step, "step_time": 1.0, "eval_success": 0.5}) + "\n")
+                    row = {"step": step, "step_time": 1.0, "eval_success": 0.5}
+                    if cfg.method == "skill_grpo":  # the run evaluates with skills itself
+                        row["eval_skills_success"] = 0.6
+                    f.write(json.dumps(row) + "\n")
+            os.makedirs(os.path.join(cfg.run_dir, "final"), exist_ok=True)
+            json.dump({}, open(os.path.join(cfg.run_dir, "final", "config.json"), "w"))
+        elif cmd == "eval":
+            if self.fail_eval:
+                return 1
+            assert "--skills" in argv and os.path.isdir(os.path.dirname(opt["model-dir"]))
+            json.dump({"success": 0.7, "skills": True, "n": int(opt["seeds"])}, open(opt["out"], "w"))
         return 0
 
 
@@ -251,6 +262,52 @@ def test_warm_start_seed_shared_by_every_training_seed(tmp_path):
     for bad in (-1, "0", True):
         with pytest.raises(ValueError, match="warm_start.seed"):
             ex.expand({**g, "warm_start": {**g["warm_start"], "seed": bad}})
+
+
+def test_teacher_eval_after_training_resumed_and_backfilled(tmp_path):
+    """teacher_eval: each finished run's final model is evaluated in the teacher's context with the run's
+    evaluation settings (skill_grpo measures that itself); a failed evaluation leaves the cell unfinished and a
+    rerun only evaluates; cells finished before the grid asked are evaluated on the next pass."""
+    g = _tiny_grid(tmp_path)
+    g["seeds"], g["envs"] = [0], {"household": {"max_turns": 3}}
+    g["grids"] = [{"name": "main", "methods": ["grpo", "skill_grpo"]}]
+    ex.run_experiment(g, runner=FakeSdar(), log=lambda m: None)  # no teacher_eval yet
+    g["teacher_eval"] = True
+    g["grids"][0]["methods"].append("sdar")
+    msgs = []
+    ex.run_experiment(g, dry_run=True, log=msgs.append)
+    assert "evaluate household__grpo__s0" in msgs[0] and "done     household__skill_grpo__s0" in msgs[0]
+    fake = FakeSdar(fail_eval=True)
+    out = ex.run_experiment(g, runner=fake, log=lambda m: None)
+    assert out["failed"] == ["household__grpo__s0", "household__sdar__s0"] and out["ran"] == []
+    assert [c[0] for c in fake.calls] == ["eval", "train", "eval"]  # the backfill, then the new cell
+    assert not (tmp_path / "runs" / "household__sdar__s0" / "done.json").exists()
+    fake = FakeSdar()
+    out = ex.run_experiment(g, runner=fake, log=lambda m: None)
+    assert out["ran"] == ["household__sdar__s0"] and not out["failed"]
+    assert [c[0] for c in fake.calls] == ["eval", "train", "eval"]
+    evals = [c for c in fake.calls if c[0] == "eval"]
+    for call, cell in zip(evals, ("household__grpo__s0", "household__sdar__s0")):
+        opt = {call[i]: call[i + 1] for i in range(1, len(call) - 1) if call[i].startswith("--")}
+        rdir = os.path.join(str(tmp_path), "runs", cell)
+        assert opt["--model-dir"] == os.path.join(rdir, "final") and opt["--out"].endswith(".tmp")
+        assert (opt["--seeds"], opt["--max-turns"], opt["--split"], opt["--temperature"]) == ("4", "3", "eval_seen",
+                                                                                               "0.4")
+        assert json.load(open(os.path.join(rdir, "teacher_eval.json")))["success"] == 0.7
+        parsed = config_from_args(build_parser().parse_args(call), EvalConfig)  # the real `sdar eval` accepts it
+        assert parsed.skills and parsed.skill_strategy == "task_type" and parsed.seeds == 4
+        assert not os.path.exists(os.path.join(rdir, "teacher_eval.json.tmp"))
+    assert not (tmp_path / "runs" / "household__skill_grpo__s0" / "teacher_eval.json").exists()
+    fake = FakeSdar()
+    assert ex.run_experiment(g, runner=fake, log=lambda m: None)["ran"] == [] and fake.calls == []
+    runs = rp.collect(str(tmp_path))["runs"]
+    table = rp.final_table(runs, "main", "household")  # success, then with skills
+    assert "| grpo | 1 | 0.500 | 0.700 |" in table and "| skill_grpo | 1 | 0.500 | 0.600 |" in table
+    with pytest.raises(ValueError, match="teacher_eval"):
+        ex.expand({**g, "teacher_eval": "yes"})
+    with pytest.raises(RuntimeError, match="no final model"):  # a clone has no weights: say so, run nothing
+        ex.teacher_eval(Config(), str(tmp_path / "runs" / "elsewhere"), runner=fake)
+    assert fake.calls == []
 
 
 def test_max_cells_only_and_config_mismatch(tmp_path):
