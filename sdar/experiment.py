@@ -395,7 +395,8 @@ def run_cell(grid: dict, cell: Cell, out_dir: str, *, runner=run_cli) -> dict:
 
 def estimate_seconds(grid: dict, cells: list[Cell]) -> float:
     """Cost of ``cells`` from the config's ``estimate`` block: steps × step seconds (per method) +
-    one evaluation per ``eval_every`` steps (+ the final one) + one SFT per new (env, seed)."""
+    one evaluation per ``eval_every`` steps (+ the final one; skill_grpo evaluates twice, with and without
+    skills; ``teacher_eval`` adds one) + one SFT per new (env, seed)."""
     est = grid.get("estimate", {})
     per_step = est.get("step_seconds", {})
     total, warm = 0.0, set()
@@ -403,6 +404,10 @@ def estimate_seconds(grid: dict, cells: list[Cell]) -> float:
         res = _resolve(c.overrides)
         sec = per_step.get(c.label, per_step.get(res["method"], per_step.get("default", 30.0)))
         evals = (res["steps"] // res["eval_every"] + 1) if res["eval_every"] > 0 else 1
+        if res["method"] == "skill_grpo":
+            evals *= 2
+        elif grid.get("teacher_eval"):
+            evals += 1
         total += res["steps"] * sec + evals * est.get("eval_seconds", 60.0)
         warm.add(c.warm_key)
     return total + len(warm) * est.get("sft_seconds", 300.0)

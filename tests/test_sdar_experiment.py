@@ -332,6 +332,12 @@ def test_estimate_is_steps_times_step_seconds(tmp_path):
     # 4 grpo cells × 3 steps × 2 s + 10 sdar-method cells × 3 × 5 s (sdar_ent falls back to its method);
     # 4 evals per cell (eval_every 1: steps 0..3); 4 warm starts
     assert ex.estimate_seconds(g, cells) == 4 * 3 * 2 + 10 * 3 * 5 + 14 * 4 * 1 + 4 * 10
+    # a teacher-context evaluation per cell; skill_grpo evaluates twice (with and without skills) instead
+    g["teacher_eval"] = True
+    g["grids"].append({"name": "skill", "envs": ["household"], "methods": ["skill_grpo"]})
+    cells = ex.expand(g)
+    assert ex.estimate_seconds(g, cells) == (4 * 3 * 2 + 10 * 3 * 5 + 14 * 5 * 1 + 4 * 10
+                                             + 2 * (3 * 30.0 + 8 * 1))  # skill_grpo: the default 30 s a step
 
 
 # ----------------------------------------------------------------------------- the report
