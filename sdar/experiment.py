@@ -16,6 +16,7 @@ A grid config (JSON, see ``experiments/``) holds::
     grids:      [{"name": "main", "envs": [...], "methods": ["grpo", {"label": "sdar_entropy",
                   "method": "sdar", "gate": "entropy"}, ...], "axes": {"beta": [0, 1, 5, 20]}}, ...]
     estimate:   {"step_seconds": {"grpo": 15, "sdar": 30, ...}, "sft_seconds": 300, "eval_seconds": 60}
+    teacher_eval: true   (optional) evaluate each final model in the teacher's context as well
 
 **Cells.** Every grid expands to methods × envs × axis values × seeds. A cell is named
 ``{env}__{method label}[__{axis}-{value}...]__s{seed}``, where an axis value is named only when it
@@ -38,6 +39,12 @@ finished when its ``done.json`` exists (written after training: the final evalua
 clock); finished cells are skipped. Each run leaves ``metrics.jsonl`` (one line per step), ``eval.json``
 (the final held-out evaluation), ``cell.json`` (name, groups, axes, the resolved config) and
 ``train.log``. A failed cell is recorded in ``failed.json`` and the grid moves on.
+
+**The teacher's context.** With ``teacher_eval: true`` each finished run's final model also plays the
+evaluation tasks with the skills its teacher reads in its own prompt (``sdar eval --skills``, into
+``teacher_eval.json``) — how much of the privileged context's lead training kept, since student and
+teacher share the weights. Cells finished before the grid asked for it are evaluated on the next pass
+(``--dry-run`` lists them as ``evaluate``); ``skill_grpo`` measures it during training and is skipped.
 
 **No tuning on the eval split.** Training tasks come from each environment's ``train`` split (random
 task seeds per step); every evaluation plays tasks 0..n-1 of ``eval_seen`` (or ``eval_unseen``), which
