@@ -321,7 +321,7 @@ def _cell_record(cell: Cell, cfg: Config) -> dict:
             "seed": cell.seed, "groups": cell.groups, "config": dataclasses.asdict(cfg)}
 
 
-def teacher_eval(cfg: Config, rdir: str, *, runner=run_cli) -> dict:
+def teacher_eval(cfg: Config, rdir: str, *, runner=run_cli) -> None:
     """The run's final model evaluated on its held-out tasks in the teacher's context (the skills its teacher
     reads, in the policy's own prompt): how much of the privileged context's lead training kept. ``sdar eval``
     writes ``RDIR/teacher_eval.json`` once (atomically); a rerun reuses it."""
@@ -339,8 +339,6 @@ def teacher_eval(cfg: Config, rdir: str, *, runner=run_cli) -> dict:
         if runner(["eval", *_flags(flags)], os.path.join(rdir, "train.log")) != 0 or not os.path.exists(path + ".tmp"):
             raise RuntimeError(f"{rdir}: the teacher-context evaluation failed (see {rdir}/train.log)")
         os.replace(path + ".tmp", path)
-    with open(path) as f:
-        return json.load(f)
 
 
 def _wants_teacher_eval(grid: dict, final: dict) -> bool:
@@ -423,15 +421,16 @@ def estimate_seconds(grid: dict, cells: list[Cell]) -> float:
 def plan(grid: dict, cells: list[Cell], out_dir: str) -> str:
     todo = [c for c in cells if not is_done(out_dir, c)]
     lines = [f"{len(cells)} cells ({len(cells) - len(todo)} done, {len(todo)} to run) in {out_dir}"]
+    states = []
     for c in cells:
-        state = ("evaluate" if _teacher_eval_pending(grid, c, out_dir) else "done") if is_done(out_dir, c) else (
+        states.append(("evaluate" if _teacher_eval_pending(grid, c, out_dir) else "done") if is_done(out_dir, c) else (
             "failed" if os.path.exists(os.path.join(run_dir(out_dir, c), "failed.json")) else (
-                "started" if os.path.exists(os.path.join(run_dir(out_dir, c), "metrics.jsonl")) else "todo"))
-        lines.append(f"  {state:8s} {c.name}  [{', '.join(c.groups)}]")
+                "started" if os.path.exists(os.path.join(run_dir(out_dir, c), "metrics.jsonl")) else "todo")))
+        lines.append(f"  {states[-1]:8s} {c.name}  [{', '.join(c.groups)}]")
     sec = estimate_seconds(grid, todo)
     lines.append(f"estimated cost of the {len(todo)} unfinished cells: {sec / 3600:.1f} h "
                  f"({sec / 86400:.2f} days) at the config's 'estimate' timings")
-    if any(_teacher_eval_pending(grid, c, out_dir) for c in cells if is_done(out_dir, c)):
+    if "evaluate" in states:
         lines.append("evaluate: a finished cell whose teacher-context evaluation (teacher_eval) runs on the next pass")
     return "\n".join(lines)
 
