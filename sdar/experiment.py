@@ -418,15 +418,21 @@ def estimate_seconds(grid: dict, cells: list[Cell]) -> float:
     return total + len(warm) * est.get("sft_seconds", 300.0)
 
 
+def _cell_state(grid: dict, cell: Cell, out_dir: str) -> str:
+    """done | evaluate (done, teacher-context evaluation pending) | failed | started | todo."""
+    if is_done(out_dir, cell):
+        return "evaluate" if _teacher_eval_pending(grid, cell, out_dir) else "done"
+    rdir = run_dir(out_dir, cell)
+    if os.path.exists(os.path.join(rdir, "failed.json")):
+        return "failed"
+    return "started" if os.path.exists(os.path.join(rdir, "metrics.jsonl")) else "todo"
+
+
 def plan(grid: dict, cells: list[Cell], out_dir: str) -> str:
-    todo = [c for c in cells if not is_done(out_dir, c)]
+    states = [_cell_state(grid, c, out_dir) for c in cells]
+    todo = [c for c, state in zip(cells, states) if state not in ("done", "evaluate")]
     lines = [f"{len(cells)} cells ({len(cells) - len(todo)} done, {len(todo)} to run) in {out_dir}"]
-    states = []
-    for c in cells:
-        states.append(("evaluate" if _teacher_eval_pending(grid, c, out_dir) else "done") if is_done(out_dir, c) else (
-            "failed" if os.path.exists(os.path.join(run_dir(out_dir, c), "failed.json")) else (
-                "started" if os.path.exists(os.path.join(run_dir(out_dir, c), "metrics.jsonl")) else "todo")))
-        lines.append(f"  {states[-1]:8s} {c.name}  [{', '.join(c.groups)}]")
+    lines += [f"  {state:8s} {c.name}  [{', '.join(c.groups)}]" for c, state in zip(cells, states)]
     sec = estimate_seconds(grid, todo)
     lines.append(f"estimated cost of the {len(todo)} unfinished cells: {sec / 3600:.1f} h "
                  f"({sec / 86400:.2f} days) at the config's 'estimate' timings")

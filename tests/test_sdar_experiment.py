@@ -277,6 +277,7 @@ def test_teacher_eval_after_training_resumed_and_backfilled(tmp_path):
     msgs = []
     ex.run_experiment(g, dry_run=True, log=msgs.append)
     assert "evaluate household__grpo__s0" in msgs[0] and "done     household__skill_grpo__s0" in msgs[0]
+    assert "3 cells (2 done, 1 to run)" in msgs[0] and "todo     household__sdar__s0" in msgs[0]
     fake = FakeSdar(fail_eval=True)
     out = ex.run_experiment(g, runner=fake, log=lambda m: None)
     assert out["failed"] == ["household__grpo__s0", "household__sdar__s0"] and out["ran"] == []
