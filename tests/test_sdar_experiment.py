@@ -324,6 +324,12 @@ def test_max_cells_only_and_config_mismatch(tmp_path):
     msgs = []
     ex.run_experiment(g, dry_run=True, runner=FakeSdar(), log=msgs.append)
     assert "failed   shop__grpo__s0" in msgs[0] and "14 cells (0 done, 14 to run)" in msgs[0]
+    assert "todo     shop__sdar__s0" in msgs[0]
+    os.makedirs(tmp_path / "runs" / "shop__sdar__s0")
+    (tmp_path / "runs" / "shop__sdar__s0" / "metrics.jsonl").touch()  # begun, not finished
+    msgs = []
+    ex.run_experiment(g, dry_run=True, runner=FakeSdar(), log=msgs.append)
+    assert "started  shop__sdar__s0" in msgs[0] and "14 cells (0 done, 14 to run)" in msgs[0]
 
 
 def test_estimate_is_steps_times_step_seconds(tmp_path):
