@@ -85,6 +85,21 @@ def test_household_seeds_is_the_cpu_budget_from_one_warm_start():
     assert g["out_dir"] != _grid("cpu_all_envs")["out_dir"]
 
 
+def test_search_qa_seeds_is_the_cpu_budget_from_one_longer_warm_start():
+    """search_qa_seeds trains the search_qa cells of cpu_all_envs (same resolved configs) for five methods from
+    one shared SFT of 2000 demos x 6 epochs, in its own out_dir."""
+    g = _grid("search_qa_seeds")
+    full = {c.name: ex._resolve(c.overrides) for c in ex.expand(_grid("cpu_all_envs"))}
+    cells = ex.expand(g)
+    methods = ("grpo", "sdar", "grpo_opsd", "sdar_entropy", "sdar_soft_or")
+    assert sorted(c.name for c in cells) == sorted(f"search_qa__{m}__s{s}" for m in methods for s in (0, 1, 2))
+    for c in cells:
+        assert full[c.name] == ex._resolve(c.overrides)
+    assert {c.warm_key for c in cells} == {"search_qa__s0"}
+    assert (g["warm_start"]["sft"]["episodes"], g["warm_start"]["sft"]["epochs"]) == (2000, 6)
+    assert g["out_dir"] != _grid("cpu_all_envs")["out_dir"]
+
+
 def test_household_oracle_differs_from_household_seeds_only_in_the_teacher_context_and_length():
     """The oracle study: the household_seeds budget, but the teacher (and the SFT's privileged demos) read the
     instance hint, 60 steps evaluated every 10; its own out_dir (its warm start differs). The coef, beta and gate
