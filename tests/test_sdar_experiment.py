@@ -86,12 +86,12 @@ def test_household_seeds_is_the_cpu_budget_from_one_warm_start():
 
 
 def test_search_qa_seeds_is_the_cpu_budget_from_one_longer_warm_start():
-    """search_qa_seeds trains the search_qa cells of cpu_all_envs (same resolved configs) for five methods from
-    one shared SFT of 2000 demos x 6 epochs, in its own out_dir."""
+    """search_qa_seeds trains the search_qa cells of cpu_all_envs (same resolved configs: every method of its main
+    row) from one shared SFT of 2000 demos x 6 epochs, in its own out_dir."""
     g = _grid("search_qa_seeds")
     full = {c.name: ex._resolve(c.overrides) for c in ex.expand(_grid("cpu_all_envs"))}
     cells = ex.expand(g)
-    methods = ("grpo", "sdar", "grpo_opsd", "sdar_entropy", "sdar_soft_or")
+    methods = ("grpo", "sdar", "grpo_opsd", "sdar_entropy", "sdar_soft_or", "rlsd", "skill_grpo", "opsd", "skill_sd")
     assert sorted(c.name for c in cells) == sorted(f"search_qa__{m}__s{s}" for m in methods for s in (0, 1, 2))
     for c in cells:
         assert full[c.name] == ex._resolve(c.overrides)
