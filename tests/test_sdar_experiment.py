@@ -71,32 +71,23 @@ def test_cpu_configs_share_cells():
     assert len(ex.expand(_grid("cpu_household"))) == 3 * (9 + 10)
 
 
-def test_household_seeds_is_the_cpu_budget_from_one_warm_start():
-    """household_seeds trains cells of cpu_all_envs (same resolved configs) from one shared SFT per env,
-    in its own out_dir (its warm starts differ from the per-seed ones of runs/cpu)."""
-    g = _grid("household_seeds")
+@pytest.mark.parametrize("name, env, methods, sft", [
+    ("household_seeds", "household", ("grpo", "sdar", "grpo_opsd"), (600, 4)),
+    ("search_qa_seeds", "search_qa", ("grpo", "sdar", "grpo_opsd", "sdar_entropy", "sdar_soft_or", "rlsd",
+                                      "skill_grpo", "opsd", "skill_sd"), (2000, 6)),
+])
+def test_seed_studies_are_the_cpu_budget_from_one_warm_start(name, env, methods, sft):
+    """household_seeds and search_qa_seeds train cells of cpu_all_envs (same resolved configs) from one shared SFT
+    (search_qa's longer: 2000 demos x 6 epochs), in their own out_dirs (their warm starts differ from the per-seed
+    ones of runs/cpu)."""
+    g = _grid(name)
     full = {c.name: ex._resolve(c.overrides) for c in ex.expand(_grid("cpu_all_envs"))}
     cells = ex.expand(g)
-    assert sorted(c.name for c in cells) == sorted(f"household__{m}__s{s}" for m in ("grpo", "sdar", "grpo_opsd")
-                                                   for s in (0, 1, 2))
+    assert sorted(c.name for c in cells) == sorted(f"{env}__{m}__s{s}" for m in methods for s in (0, 1, 2))
     for c in cells:
         assert full[c.name] == ex._resolve(c.overrides)
-    assert {c.warm_key for c in cells} == {"household__s0"}
-    assert g["out_dir"] != _grid("cpu_all_envs")["out_dir"]
-
-
-def test_search_qa_seeds_is_the_cpu_budget_from_one_longer_warm_start():
-    """search_qa_seeds trains the search_qa cells of cpu_all_envs (same resolved configs: every method of its main
-    row) from one shared SFT of 2000 demos x 6 epochs, in its own out_dir."""
-    g = _grid("search_qa_seeds")
-    full = {c.name: ex._resolve(c.overrides) for c in ex.expand(_grid("cpu_all_envs"))}
-    cells = ex.expand(g)
-    methods = ("grpo", "sdar", "grpo_opsd", "sdar_entropy", "sdar_soft_or", "rlsd", "skill_grpo", "opsd", "skill_sd")
-    assert sorted(c.name for c in cells) == sorted(f"search_qa__{m}__s{s}" for m in methods for s in (0, 1, 2))
-    for c in cells:
-        assert full[c.name] == ex._resolve(c.overrides)
-    assert {c.warm_key for c in cells} == {"search_qa__s0"}
-    assert (g["warm_start"]["sft"]["episodes"], g["warm_start"]["sft"]["epochs"]) == (2000, 6)
+    assert {c.warm_key for c in cells} == {f"{env}__s0"}
+    assert (g["warm_start"]["sft"]["episodes"], g["warm_start"]["sft"]["epochs"]) == sft
     assert g["out_dir"] != _grid("cpu_all_envs")["out_dir"]
 
 
