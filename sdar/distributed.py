@@ -246,9 +246,7 @@ def barrier() -> None:
 def close() -> None:
     """Tear the process group down once every rank is done with it: without the barrier a rank that finishes
     first can destroy its gloo pairs while a peer's last collective still uses them (rank aborts with
-    "terminate called without an active exception"). A sharded model keeps its process group alive past this call:
-    free it before the interpreter exits (return from the function that holds it), or the group's gloo threads are
-    torn down during interpreter finalization, which can abort the rank the same way."""
+    "terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
         if dist.get_world_size() > 1:
             dist.barrier()

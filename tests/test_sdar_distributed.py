@@ -240,47 +240,39 @@ from sdar.rollout import Sample
 from sdar.teacher import prepass
 from sdar.train import step_advantages, update
 
-
-def main():
-    """In a function, as `sdar train` is: the sharded model holds the process group past D.close(), so it must be
-    freed when main returns — as a module global it was freed during interpreter finalization, where a gloo thread
-    that takes the GIL is made to exit and the rank can abort ("terminate called without an active exception")."""
-    torch.set_num_threads(1)
-    model_dir, out = sys.argv[1], sys.argv[2]
-    cpu = torch.device("cpu")
-    D.init_from_env(cpu)
-    world, rank = D.world_size(), D.rank()
-    model, _ = load_model(model_dir, device=cpu)
-    copy, _ = load_model(model_dir, device=cpu, train=False)
-    ref, _ = load_model(model_dir, device=cpu, train=False)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # a reference away from the policy: a non-zero KL gradient
-        for p in ref.parameters():
-            p.add_(0.05 * torch.randn(p.shape, generator=g))
-    samples = []
-    for i in range(7):  # 7 samples, 3 groups: ranks hold 4 and 3 samples, every group on both ranks
-        prompt = torch.randint(5, 500, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist()
-        resp = torch.randint(5, 500, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
-        samples.append(Sample(prompt, resp, [0.0] * len(resp), [7, 8, 9] + prompt, group=i % 3, episode=i, turn=0,
-                              valid_format=True, reward=float(torch.rand(1, generator=g))))
-    mine = samples[rank::world]
-    adv, _ = step_advantages(mine, norm_by_std=True)  # (N_rank,), statistics gathered over ranks
-    cfg = Config(model_dir=model_dir, method="sdar", coef=0.5, kl_coef=0.1, entropy_coef=0.01, grad_clip=1e9,
-                 micro_batch_tokens=40, impl="chunked")
-    pre = prepass(copy, mine, pad_id=0, device=cpu, max_tokens=cfg.micro_batch_tokens, temperature=1.0,
-                  teacher=True, ref_model=ref, impl=cfg.impl)
-    before = {k: v.clone() for k, v in copy.state_dict().items()}
-    if world > 1:
-        D.shard(model)
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)  # Δθ = −gradient
-    metrics = update(model, opt, mine, pre, adv, cfg, step=0, device=cpu)
-    after = D.full_state(model) if world > 1 else model.state_dict()
-    if rank == 0:
-        torch.save({"grad": {k: before[k] - after[k] for k in before}, "metrics": metrics}, out)
-    D.close()
-
-
-main()
+torch.set_num_threads(1)
+model_dir, out = sys.argv[1], sys.argv[2]
+cpu = torch.device("cpu")
+D.init_from_env(cpu)
+world, rank = D.world_size(), D.rank()
+model, _ = load_model(model_dir, device=cpu)
+copy, _ = load_model(model_dir, device=cpu, train=False)
+ref, _ = load_model(model_dir, device=cpu, train=False)
+g = torch.Generator().manual_seed(1)
+with torch.no_grad():  # a reference away from the policy: a non-zero KL gradient
+    for p in ref.parameters():
+        p.add_(0.05 * torch.randn(p.shape, generator=g))
+samples = []
+for i in range(7):  # 7 samples, 3 groups: ranks hold 4 and 3 samples, every group on both ranks
+    prompt = torch.randint(5, 500, (int(torch.randint(3, 12, (1,), generator=g)),), generator=g).tolist()
+    resp = torch.randint(5, 500, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist()
+    samples.append(Sample(prompt, resp, [0.0] * len(resp), [7, 8, 9] + prompt, group=i % 3, episode=i, turn=0,
+                          valid_format=True, reward=float(torch.rand(1, generator=g))))
+mine = samples[rank::world]
+adv, _ = step_advantages(mine, norm_by_std=True)  # (N_rank,), statistics gathered over ranks
+cfg = Config(model_dir=model_dir, method="sdar", coef=0.5, kl_coef=0.1, entropy_coef=0.01, grad_clip=1e9,
+             micro_batch_tokens=40, impl="chunked")
+pre = prepass(copy, mine, pad_id=0, device=cpu, max_tokens=cfg.micro_batch_tokens, temperature=1.0, teacher=True,
+              ref_model=ref, impl=cfg.impl)
+before = {k: v.clone() for k, v in copy.state_dict().items()}
+if world > 1:
+    D.shard(model)
+opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1.0)  # Δθ = −gradient
+metrics = update(model, opt, mine, pre, adv, cfg, step=0, device=cpu)
+after = D.full_state(model) if world > 1 else model.state_dict()
+if rank == 0:
+    torch.save({"grad": {k: before[k] - after[k] for k in before}, "metrics": metrics}, out)
+D.close()
 '''
 
 
