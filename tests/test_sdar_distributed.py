@@ -276,7 +276,7 @@ if rank == 0:
 D.close()
 # Skip interpreter finalization: there, after D.close() had returned on both ranks, rank 1 of this script rarely
 # aborted ("terminate called without an active exception" from a non-Python thread; 2 of ~90 looped runs beside two
-# training runs, 2 of the last 5 CI runs, also with the model freed before exit). Not seen from `sdar train`; open.
+# training runs, 2 of 5 CI runs in 2026-11, also with the model freed before exit). Not seen from `sdar train`; open.
 sys.stdout.flush()
 sys.stderr.flush()
 os._exit(0)

@@ -71,12 +71,13 @@ def test_cpu_configs_share_cells():
     assert len(ex.expand(_grid("cpu_household"))) == 3 * (9 + 10)
 
 
+NINE_METHODS = ("grpo", "sdar", "grpo_opsd", "sdar_entropy", "sdar_soft_or", "rlsd", "skill_grpo", "opsd", "skill_sd")
+
+
 @pytest.mark.parametrize("name, env, methods, sft", [
     ("household_seeds", "household", ("grpo", "sdar", "grpo_opsd"), (600, 4)),
-    ("search_qa_seeds", "search_qa", ("grpo", "sdar", "grpo_opsd", "sdar_entropy", "sdar_soft_or", "rlsd",
-                                      "skill_grpo", "opsd", "skill_sd"), (2000, 6)),
-    ("shop_seeds", "shop", ("grpo", "sdar", "grpo_opsd", "sdar_entropy", "sdar_soft_or", "rlsd", "skill_grpo",
-                            "opsd", "skill_sd"), (2000, 6)),
+    ("search_qa_seeds", "search_qa", NINE_METHODS, (2000, 6)),
+    ("shop_seeds", "shop", NINE_METHODS, (2000, 6)),
 ])
 def test_seed_studies_are_the_cpu_budget_from_one_warm_start(name, env, methods, sft):
     """household_seeds, search_qa_seeds and shop_seeds train cells of cpu_all_envs (same resolved configs) from one
