@@ -99,7 +99,7 @@ class Config:
     eval_seeds: int = 200  # held-out tasks per evaluation (>= 200 for claims; ±0.035 at p=0.5)
     eval_split: str = "eval_seen"
     eval_temperature: float = 0.4
-    save_every: int = 5  # steps between checkpoints (the last step is always saved)
+    save_every: int = 5  # steps between checkpoints (the last step is always saved); 0 -> only at the end
     keep_checkpoints: int = 1  # checkpoints kept on disk (older ones are deleted after a new one lands)
     tensorboard: bool = False
     progress: bool = True  # tqdm bar
@@ -113,6 +113,9 @@ class Config:
                      "micro_batch_tokens", "max_model_len", "tensor_parallel_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: expected >= 1, got {getattr(self, name)}")
+        for name in ("eval_every", "eval_seeds", "save_every", "keep_checkpoints"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}: expected >= 0, got {getattr(self, name)}")
         if self.temperature <= 0 or self.eval_temperature <= 0:
             raise ValueError("temperature, eval_temperature: expected > 0")
         if self.lr <= 0:

@@ -309,7 +309,7 @@ def train(cfg: Config) -> dict:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(success=f"{line['success']:.2f}", reward=f"{line['reward']:.2f}")
-        if (step + 1) % cfg.save_every == 0 or last:
+        if (cfg.save_every > 0 and (step + 1) % cfg.save_every == 0) or last:
             opt_state = D.full_optimizer_state(model, optimizer) if world > 1 else None  # a collective
             if main:
                 save_checkpoint(cfg.run_dir, step=step + 1, model=roll_model, optimizer=optimizer,

@@ -25,6 +25,9 @@ def test_bad_values_name_the_field(tmp_path):
         Config(group_size=0)
     with pytest.raises(ValueError, match="unknown fields"):
         Config.from_dict({"nope": 1})
+    for name in ("eval_every", "eval_seeds", "save_every", "keep_checkpoints"):
+        with pytest.raises(ValueError, match=f"{name}: expected >= 0, got -1"):
+            Config(**{name: -1})
 
 
 def test_command_line_overrides():

@@ -91,6 +91,17 @@ def test_smoke_train_logs_checkpoints_and_plots(tiny_model, tmp_path):
         train(cfg)
 
 
+def test_save_every_zero_checkpoints_only_the_last_step(tiny_model, tmp_path):
+    from sdar.train import train
+
+    run = tmp_path / "run"
+    cfg = Config(model_dir=tiny_model, run_dir=str(run), method="grpo", steps=2, batch_tasks=1, group_size=2,
+                 max_turns=1, max_new_tokens=8, eval_every=0, eval_seeds=0, threads=1, progress=False,
+                 save_every=0, keep_checkpoints=5)
+    assert train(cfg)["step"] == 2
+    assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000002"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["grpo", "skill_grpo", "skill_sd", "rlsd", "opsd"])
 def test_every_method_runs_one_step(tiny_model, tmp_path, method):

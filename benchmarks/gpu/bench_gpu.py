@@ -210,6 +210,8 @@ PROVIDERS = {
     "launchers-atomic-skip": launchers(strategy="atomic", skip_threshold=2.0**-14),
     "proto-fwdgrad-1024": forward_grad(1024),
     "proto-fwdgrad-4096": forward_grad(4096),
+    "proto-fwdgrad-1024-compiled": forward_grad(1024, compiled=True),
+    "proto-fwdgrad-2048-compiled": forward_grad(2048, compiled=True),
     "proto-fwdgrad-4096-compiled": forward_grad(4096, compiled=True),
     "liger-grpo": liger_grpo,
     "liger-jsd": liger_jsd,
