@@ -320,6 +320,8 @@ def train(cfg: Config) -> dict:
     if world > 1:  # rank 0 exports the gathered weights (its plain copy); the group is done
         if main:
             metrics_file.close()
+            if writer is not None:
+                writer.close()
             roll_model.save_pretrained(os.path.join(cfg.run_dir, "final"), safe_serialization=True)
             tok.save_pretrained(os.path.join(cfg.run_dir, "final"))
         engine.close()

@@ -274,9 +274,11 @@ after = D.full_state(model) if world > 1 else model.state_dict()
 if rank == 0:
     torch.save({"grad": {k: before[k] - after[k] for k in before}, "metrics": metrics}, out)
 D.close()
-# Skip interpreter finalization: there, after D.close() had returned on both ranks, rank 1 of this script rarely
-# aborted ("terminate called without an active exception" from a non-Python thread; 2 of ~90 looped runs beside two
-# training runs, 2 of 5 CI runs in 2026-11, also with the model freed before exit). Not seen from `sdar train`; open.
+# Skip interpreter finalization, as `sdar train` does under torchrun (sdar.cli._exit_after_distributed_run): there a
+# gloo worker thread can release a finished collective holding FSDP's all-gathered tensors; that needs the GIL, and
+# during finalization the thread is ended through a noexcept destructor -> std::terminate (rank 1 aborted in 2 of 5
+# CI runs and 1 of 58 looped runs in 2026-11; the core dump's stack: ~AsyncBarrierWork -> ~AsyncAllgatherCoalescedWork
+# -> TensorImpl::decref_pyobject -> take_gil -> pthread_exit).
 sys.stdout.flush()
 sys.stderr.flush()
 os._exit(0)
