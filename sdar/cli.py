@@ -58,17 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _exit_after_distributed_run() -> None:
-    """End a torchrun process without interpreter finalization, once everything is written and the group is
-    closed. Otherwise a gloo worker thread can release a finished collective (holding FSDP's all-gathered
-    tensors) while the interpreter finalizes; releasing them needs the GIL, which then ends the thread through
-    a noexcept destructor: "terminate called without an active exception", SIGABRT (core dump, torch 2.13,
-    rank 1, 1 of 58 looped runs of the two-process gradient test)."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
-
-
 def main(argv: list[str] | None = None) -> int:
     _setup_env()
     parser = build_parser()
@@ -99,8 +88,9 @@ def main(argv: list[str] | None = None) -> int:
             cfg = config_from_args(args, Config, base=saved)
             cfg.resume = True
         print(json.dumps(train(cfg), indent=2))
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            _exit_after_distributed_run()
+        from sdar.distributed import exit_distributed_process
+
+        exit_distributed_process()  # torchrun: skip interpreter finalization (see its docstring)
     elif args.command == "eval":
         from sdar.evaluate import run_eval
 

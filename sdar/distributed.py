@@ -37,6 +37,7 @@ evaluates; ``engine_mismatch`` is rank 0's.
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -51,10 +52,14 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def _launched_distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
 def init_from_env(device: torch.device) -> bool:
     """Join torchrun's process group when ``WORLD_SIZE`` > 1 (gloo on CPU, nccl on CUDA); returns
     whether the run is distributed."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if not _launched_distributed():
         return False
     if not dist.is_initialized():
         if device.type == "cuda":
@@ -253,7 +258,21 @@ def close() -> None:
         dist.destroy_process_group()
 
 
-__all__ = ["EpisodeStats", "all_gather_objects", "barrier", "close", "fqn_to_index", "full_optimizer_state",
+def exit_distributed_process() -> None:
+    """After :func:`close`, end a process that torchrun launched (``WORLD_SIZE`` > 1) without interpreter
+    finalization; a no-op otherwise. During finalization a gloo worker thread can release a finished collective
+    holding FSDP's all-gathered tensors; that needs the GIL, and the thread is then ended through a noexcept
+    destructor: "terminate called without an active exception", SIGABRT (torch 2.13; a core dump of rank 1:
+    ~AsyncBarrierWork -> ~AsyncAllgatherCoalescedWork -> TensorImpl::decref_pyobject -> take_gil -> pthread_exit;
+    2 of 5 CI runs and 1 of 58 looped runs of the two-process gradient test, 2026-11)."""
+    if not _launched_distributed():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
+__all__ = ["EpisodeStats", "all_gather_objects", "barrier", "close", "exit_distributed_process", "fqn_to_index", "full_optimizer_state",
            "full_state", "gather_episodes", "global_max", "global_sum", "head_weight", "index_to_fqn",
            "init_from_env", "load_checkpoint", "load_full_state", "load_optimizer_state", "local_device", "rank",
            "reduce_metric_sums", "shard", "sync_copy", "world_size"]

@@ -231,7 +231,6 @@ def test_torchrun_untied_head_matches_single_process_and_resumes(untied_model, t
 
 
 WORKER = r'''
-import os
 import sys
 import torch
 from sdar import distributed as D
@@ -274,14 +273,7 @@ after = D.full_state(model) if world > 1 else model.state_dict()
 if rank == 0:
     torch.save({"grad": {k: before[k] - after[k] for k in before}, "metrics": metrics}, out)
 D.close()
-# Skip interpreter finalization, as `sdar train` does under torchrun (sdar.cli._exit_after_distributed_run): there a
-# gloo worker thread can release a finished collective holding FSDP's all-gathered tensors; that needs the GIL, and
-# during finalization the thread is ended through a noexcept destructor -> std::terminate (rank 1 aborted in 2 of 5
-# CI runs and 1 of 58 looped runs in 2026-11; the core dump's stack: ~AsyncBarrierWork -> ~AsyncAllgatherCoalescedWork
-# -> TensorImpl::decref_pyobject -> take_gil -> pthread_exit).
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)
+D.exit_distributed_process()  # as `sdar train` does: no interpreter finalization under torchrun
 '''
 
 

@@ -30,18 +30,8 @@ pack() {
   tar czf "$OUT/gpu_results.tgz" -C "$(dirname "$RESULTS")" "$(basename "$RESULTS")"
   cp "$RESULTS"/*.md "$RESULTS/gpu_tests.log" "$OUT/" 2>/dev/null
 }
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-unset TRITON_INTERPRET
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}  # tests/conftest.py: a GPU run never falls back to the interpreter
-
-if compgen -G "benchmarks/gpu/wheels/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    benchmarks/gpu/wheels/*.whl && export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.cuda.is_available())"
+source benchmarks/gpu/_env.sh
 
 if [ -z "${TESTS:-}" ]; then
   TESTS="tests/test_triton_launchers.py tests/test_divergence.py $(ls tests/test_kernels_*.py | tr '\n' ' ')"

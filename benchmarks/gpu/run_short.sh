@@ -16,17 +16,7 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 RESULTS=${OUT:-benchmarks/results/gpu_short}
 mkdir -p "$RESULTS"
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-unset TRITON_INTERPRET
-if compgen -G "benchmarks/gpu/wheels/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    benchmarks/gpu/wheels/*.whl \
-    && export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__,
-'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())"
+source benchmarks/gpu/_env.sh
 
 echo "== forward-gradient prototype, compiled epilogue"
 PROVIDERS=materialised,sk-triton,proto-fwdgrad-4096,proto-fwdgrad-4096-compiled
