@@ -317,11 +317,11 @@ def train(cfg: Config) -> dict:
                                 keep=cfg.keep_checkpoints, optimizer_state=opt_state)
     if bar is not None:
         bar.close()
+    if writer is not None:
+        writer.close()
     if world > 1:  # rank 0 exports the gathered weights (its plain copy); the group is done
         if main:
             metrics_file.close()
-            if writer is not None:
-                writer.close()
             roll_model.save_pretrained(os.path.join(cfg.run_dir, "final"), safe_serialization=True)
             tok.save_pretrained(os.path.join(cfg.run_dir, "final"))
         engine.close()
@@ -334,8 +334,6 @@ def train(cfg: Config) -> dict:
     model.save_pretrained(final, safe_serialization=True)
     tok.save_pretrained(final)
     engine.close()
-    if writer is not None:
-        writer.close()
     return line
 
 
