@@ -2,10 +2,10 @@
 
 Loss kinds: "logprobs" (fused_logprobs of the student rows, per-token upstream gradient),
 "sdar" (sdar_loss, student + teacher rows), "grpo" (grpo_sdar_loss: PG + λ·SDAR, student +
-teacher rows). Providers: the impl strings ("naive", "chunked", "triton") and external baselines
-doing the closest public work: Liger's LigerFusedLinearGRPOLoss with its reference branch fed the
-teacher hidden states (grpo), LigerFusedLinearJSDLoss with β = 1 (sdar), Cut Cross-Entropy
-per-token NLL (logprobs).
+teacher rows). Providers: the impl strings ("naive", "chunked", "triton"; "forward_grad" for the
+two losses) and external baselines doing the closest public work: Liger's LigerFusedLinearGRPOLoss
+with its reference branch fed the teacher hidden states (grpo), LigerFusedLinearJSDLoss with β = 1
+(sdar), Cut Cross-Entropy per-token NLL (logprobs).
 """
 
 from __future__ import annotations
@@ -36,6 +36,8 @@ def bench_set(device: torch.device) -> str:
 
 def providers(loss: str, device: torch.device) -> list[str]:
     impls = ["naive", "chunked"] + (["triton"] if device.type == "cuda" else [])
+    if loss != "logprobs":  # log-probs alone have no loss to differentiate in the forward
+        impls.append("forward_grad")
     return impls + EXTERNAL[loss]
 
 

@@ -16,7 +16,7 @@ import typing
 from dataclasses import dataclass, field
 
 from envs.skills import SKILL_STRATEGIES
-from sdar_kernels.options import ESTIMATORS
+from sdar_kernels.options import ESTIMATORS, FULL_ESTIMATORS, IMPLS
 
 METHODS = ("grpo", "sdar", "grpo_opsd", "opsd", "skill_grpo", "skill_sd", "rlsd")
 ENGINES = ("auto", "hf", "vllm")
@@ -34,7 +34,7 @@ TEACHER_METHODS = ("sdar", "grpo_opsd", "opsd", "skill_sd", "rlsd")
 _CHOICES = {"method": METHODS, "engine": ENGINES, "agg": AGG_MODES, "gate": GATES,
             "skill_strategy": SKILL_STRATEGIES, "dtype": DTYPES,
             "env": ("household", "alfworld", "shop", "webshop", "search_qa"),
-            "distill_loss": ESTIMATORS, "impl": ("auto", "triton", "chunked", "naive"),
+            "distill_loss": ESTIMATORS, "impl": IMPLS,
             "rollout_split": ROLLOUT_SPLITS}
 
 
@@ -88,7 +88,7 @@ class Config:
     entropy_coef: float = 0.001  # entropy bonus c_H (published 0.001)
     kl_coef: float = 0.01  # k3 KL to the frozen start policy (published 0.01 household/shop, 0.001 search)
     tis_cap: float = 0.0  # truncated importance-sampling cap for engine/trainer mismatch; 0 -> off
-    impl: str = "auto"  # sdar_kernels implementation: auto | chunked | triton | naive
+    impl: str = "auto"  # sdar_kernels implementation: auto | chunked | triton | naive | forward_grad
     # --- model ---
     lora_rank: int = 0  # > 0 -> train LoRA adapters (peft) instead of all weights
     gradient_checkpointing: bool = False
@@ -120,6 +120,9 @@ class Config:
             raise ValueError("temperature, eval_temperature: expected > 0")
         if self.lr <= 0:
             raise ValueError(f"lr: expected > 0, got {self.lr}")
+        if self.impl == "forward_grad" and self.distill_loss in FULL_ESTIMATORS:
+            raise ValueError(f"impl: 'forward_grad' takes the sampled distill_loss estimators, not "
+                             f"{self.distill_loss!r}; use impl 'auto'")
 
     @property
     def lam(self) -> float:

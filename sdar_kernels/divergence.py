@@ -99,6 +99,9 @@ def resolve_kind(kind: str, beta: float) -> str:
 def resolve_impl(impl: str, device: torch.device, top_k: int | None) -> str:
     """``auto`` → triton on CUDA (full vocabulary), chunked elsewhere or with ``top_k``."""
     check_choice("impl", impl, IMPLS)
+    if impl == "forward_grad":
+        raise ValueError("impl='forward_grad' is not implemented for the full-distribution divergences; "
+                         "use 'auto', 'triton', 'chunked' or 'naive'")
     if impl == "auto":
         return "triton" if device.type == "cuda" and top_k is None else "chunked"
     if impl == "triton" and top_k is not None:

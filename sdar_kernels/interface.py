@@ -2,9 +2,12 @@
 
 Every function takes ``impl``: "naive" (materialised fp32 logits + autograd, the reference),
 "chunked" (pure PyTorch, tiles sized by a byte budget, never holds [N, V]), "triton"
-(fused kernels from ``sdar_kernels.ops``; under ``TRITON_INTERPRET=1`` on CPU) or "auto"
-(triton for CUDA tensors, chunked otherwise). Hidden states are (..., H) and labels (...); rows
-are flattened internally and results come back in the labels' shape.
+(fused kernels from ``sdar_kernels.ops``; under ``TRITON_INTERPRET=1`` on CPU), "auto"
+(triton for CUDA tensors, chunked otherwise) or "forward_grad" (the losses only: the gradient
+formed in the forward a token chunk at a time, 8 instead of 10 N·H·V flops for more memory; see
+``forward_grad.py``; ``fused_logprobs`` has no loss to differentiate and runs "auto" for it).
+Hidden states are (..., H) and labels (...); rows are flattened internally and results come back
+in the labels' shape.
 
 Vocab-parallel heads: ``fused_logprobs``, ``sdar_loss`` and ``grpo_sdar_loss`` (every estimator,
 the full-distribution ones included) take ``process_group=`` (and optionally
@@ -22,9 +25,10 @@ from torch import Tensor
 from . import losses
 from .distributed import naive_sharded_logprobs, vocab_layout
 from .divergence import ESTIMATOR_TO_KIND, gated_divergence
+from .forward_grad import forward_grad_loss
 from .function import LogprobFunction, safe_labels
 from .options import (AGG_MODES, check_hidden_and_head, DEFAULT_CHUNK_BYTES, DISTILL_KINDS, ESTIMATORS, FULL_ESTIMATORS, GATES, IMPLS,
-                      REDUCTIONS, KernelOptions, check_choice)
+                      REDUCTIONS, SAMPLED_ESTIMATORS, KernelOptions, check_choice)
 from .reference import naive_logprobs
 
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
@@ -130,8 +134,9 @@ def fused_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, *, temperatur
         weight: (V, H) LM-head weight, same dtype as ``hidden``.
         labels: (...) int64 token ids in [0, V); ``ignore_index`` rows give 0 and no gradient.
         temperature: > 0. return_entropy: also return the entropy.
-        impl: "auto" | "triton" | "chunked" | "naive". chunk_bytes: byte budget of the fp32
-            temporaries of one (rows × vocabulary) tile (chunked only; default 64 MiB).
+        impl: "auto" | "triton" | "chunked" | "naive" ("forward_grad" runs "auto" here). chunk_bytes:
+            byte budget of the fp32 temporaries of one (rows × vocabulary) tile (chunked only; default
+            64 MiB).
         process_group: None (``weight`` is the whole head) or the ``torch.distributed`` group over
             which the head is split along the vocabulary: ``weight`` is then this rank's shard
             (V_local, H), ``hidden``/``labels`` are the same on every rank and labels are GLOBAL
@@ -146,6 +151,8 @@ def fused_logprobs(hidden: Tensor, weight: Tensor, labels: Tensor, *, temperatur
         (logp, entropy or None): fp32 (...), both differentiable w.r.t. ``hidden`` and ``weight``
         with exact per-token upstream gradients (any combination of the two).
     """
+    check_choice("impl", impl, IMPLS)
+    impl = "auto" if impl == "forward_grad" else impl  # log-probs alone: nothing to form in the forward
     h, y, valid, _, opts = _prepare(hidden, weight, labels, None, temperature=temperature,
                                     ignore_index=ignore_index, impl=impl, chunk_bytes=chunk_bytes,
                                     process_group=process_group, vocab_start=vocab_start, vocab_size=vocab_size)
@@ -172,6 +179,18 @@ class SDAROutput:
 
 def _safe_denominator(total: Tensor) -> Tensor:
     return torch.where(total > 0, total, torch.ones_like(total))
+
+
+def _check_forward_grad(opts: KernelOptions, *, full: bool, reduction: str = "sum") -> None:
+    """impl="forward_grad" needs a scalar loss of sampled-token terms on a whole head."""
+    use = "; use impl='triton' or 'chunked'"
+    if opts.process_group is not None:
+        raise ValueError("impl='forward_grad' does not take a vocab-parallel head (process_group)" + use)
+    if full:
+        raise ValueError(f"impl='forward_grad' takes the sampled-token estimators "
+                         f"{', '.join(map(repr, SAMPLED_ESTIMATORS))}, not the full-distribution ones" + use)
+    if reduction == "none":
+        raise ValueError("impl='forward_grad' needs reduction='mean' or 'sum' (a scalar loss)" + use)
 
 
 def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, labels: Tensor, *,
@@ -202,8 +221,10 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
             ``divergence.py``; they need the same ``chunk_bytes`` on every rank).
     Returns:
         ``SDAROutput``: loss; student_logp (carries gradient through the same fused backward, so
-        a caller may add a policy term on it and run one backward); detached teacher_logp,
-        gap Δ = logp_T − logp_S, gate g and student_entropy.
+        a caller may add a policy term on it and run one backward; detached with
+        impl="forward_grad", whose gradient is the loss's alone); detached teacher_logp,
+        gap Δ = logp_T − logp_S, gate g and student_entropy. impl="forward_grad" takes the sampled
+        estimators, reduction "mean" or "sum" and a whole head (no process_group).
     """
     check_choice("gate", gate, GATES)
     check_choice("estimator", estimator, ESTIMATORS)
@@ -219,11 +240,25 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
     if teacher_hidden.dtype != weight.dtype:
         raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} must match weight dtype {weight.dtype}")
     h_t = teacher_hidden.reshape(h_s.shape).contiguous()
-    logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
+    shape = labels.shape
+    if opts.impl == "forward_grad":
+        _check_forward_grad(opts, full=estimator in FULL_ESTIMATORS, reduction=reduction)
+        scale = 1 / _safe_denominator(w.sum()) if reduction == "mean" else 1.0
+
+        def objective(rows, lp, ent, lp_t):  # rows: a slice of the flattened tokens; lp, ent: (c,)
+            g_rows, _ = losses.sdar_gate(lp_t - lp.detach(), ent, gate=gate, beta=beta, vocab_size=opts.vocab_size)
+            per_row, _ = losses.sdar_token_loss(lp, lp_t, gate=g_rows, estimator=estimator)
+            return w[rows] * scale * per_row
+
+        loss, logp, entropy, teacher_logp = forward_grad_loss(h_s, weight, y, valid, h_t, objective,
+                                                              temperature=opts.temperature, chunk_bytes=chunk_bytes)
+    else:
+        logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
     gap = teacher_logp - logp.detach()
     g, _ = losses.sdar_gate(gap, entropy, gate=gate, beta=beta, vocab_size=opts.vocab_size)
-    shape = labels.shape
-    if estimator in FULL_ESTIMATORS:
+    if opts.impl == "forward_grad":
+        pass  # the loss came with its gradient from forward_grad_loss
+    elif estimator in FULL_ESTIMATORS:
         loss = _full_estimator_loss(student_hidden, teacher_hidden, weight, w.reshape(shape), g.reshape(shape),
                                     estimator=estimator, jsd_beta=jsd_beta, reduction=reduction,
                                     temperature=temperature, impl=opts.impl, chunk_bytes=chunk_bytes, opts=opts)
@@ -310,7 +345,10 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
         distill: "sdar" | "skill_sd" (ρ·k3, ρ = exp(min(logp − logp_old, max_log_ratio)) detached)
             | "none". rlsd_coef: λ of RLSD advantage reweighting (0 = off; needs the teacher).
         temperature, ignore_index, impl, chunk_bytes, process_group, vocab_start, vocab_size: as in
-            ``fused_logprobs`` (a vocab-parallel head works with every ``sdar_estimator``).
+            ``fused_logprobs`` (a vocab-parallel head works with every ``sdar_estimator``);
+            impl="forward_grad" (gradient formed in the forward, ``forward_grad.py``; chunk_bytes is then
+            the budget of one chunk's fp32 logits, default 2 GiB on CUDA) takes the sampled estimators
+            and a whole head.
     Returns:
         (loss, metrics): loss is a differentiable fp32 scalar. metrics holds detached fp32 scalars:
         pg_loss, kl, entropy (aggregated like the loss), sdar_loss (token mean of the distillation
@@ -364,11 +402,28 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
                  distill=distill, sdar_coef=0.0 if full else sdar_coef, gate=gate, beta=beta,
                  estimator="sdar" if full else sdar_estimator, vocab_size=opts.vocab_size, rlsd_coef=rlsd_coef,
                  max_log_ratio=max_log_ratio)
-    logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
-    per_token, terms = losses.grpo_token_objective(
-        logp, entropy, advantages=adv, agg_weight=agg_w, distill_weight=tok_w, old_logp=old, ref_logp=ref,
-        teacher_logp=teacher_logp, **hyper)
-    loss = per_token.sum()
+    if opts.impl == "forward_grad":
+        _check_forward_grad(opts, full=full)
+
+        def objective(rows, lp, ent, lp_t):  # rows: a slice of the flattened tokens; lp, ent: (c,)
+            def part(x):
+                return None if x is None else x[rows]
+            per_row, _ = losses.grpo_token_objective(
+                lp, ent, advantages=adv[rows], agg_weight=agg_w[rows], distill_weight=tok_w[rows],
+                old_logp=part(old), ref_logp=part(ref), teacher_logp=lp_t, **hyper)
+            return per_row
+
+        loss, logp, entropy, teacher_logp = forward_grad_loss(h_s, weight, y, valid, h_t, objective,
+                                                              temperature=opts.temperature, chunk_bytes=chunk_bytes)
+        # the terms for the metrics, from the detached log-probs (O(N))
+        _, terms = losses.grpo_token_objective(logp, entropy, advantages=adv, agg_weight=agg_w, distill_weight=tok_w,
+                                               old_logp=old, ref_logp=ref, teacher_logp=teacher_logp, **hyper)
+    else:
+        logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
+        per_token, terms = losses.grpo_token_objective(
+            logp, entropy, advantages=adv, agg_weight=agg_w, distill_weight=tok_w, old_logp=old, ref_logp=ref,
+            teacher_logp=teacher_logp, **hyper)
+        loss = per_token.sum()
     if full:
         distill_loss = _full_estimator_loss(student_hidden, teacher_hidden, weight, tok_w.reshape(shape),
                                             terms["gate"].reshape(shape), estimator=sdar_estimator,

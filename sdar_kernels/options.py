@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-IMPLS = ("auto", "triton", "chunked", "naive")
+IMPLS = ("auto", "triton", "chunked", "naive", "forward_grad")
 GATES = ("gap", "entropy", "soft_or", "none")
 #: Sampled-token estimators (per-token functions of the log-probs, ``losses.sdar_token_loss``) and the
 #: full-distribution ones (gate × D_t over the whole vocabulary, ``divergence.gated_divergence``).
@@ -37,7 +37,7 @@ class KernelOptions:
     vocab_start: first vocabulary id held by ``weight`` (0 unless the head is vocab-parallel).
     vocab_size: size of the FULL vocabulary (normalises the entropy gate); ``weight.shape[0]`` when
         the head is not split.
-    impl: the resolved implementation ("triton", "chunked" or "naive"; never "auto").
+    impl: the resolved implementation ("triton", "chunked", "naive" or "forward_grad"; never "auto").
     chunk_bytes: byte budget of one token chunk (chunked implementation only).
     process_group: the ``torch.distributed`` group over which the head is sharded along the
         vocabulary (None: the head is whole, no communication).

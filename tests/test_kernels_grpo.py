@@ -12,7 +12,7 @@ from sdar_kernels import losses
 
 from _kernels_common import assert_within_naive, err, make_case, truth
 
-ALL_IMPLS = ["naive", "chunked", "triton"]
+ALL_IMPLS = ["naive", "chunked", "triton", "forward_grad"]
 
 
 # ---------------------------------------------------------------- pure functions, hand-computed
@@ -148,6 +148,8 @@ def _batch(dtype, seed=0, b=3, t=5, hdim=20, v=41):
 
 
 def _grpo_run(impl, d, old=None, **kw):
+    if impl == "forward_grad":  # 4-row chunks: 15 rows → 4 chunks, the last one short
+        kw.setdefault("chunk_bytes", 4 * 4 * d["w"].shape[0])
     h = d["hs"].clone().requires_grad_()
     w = d["w"].clone().requires_grad_()
     loss, metrics = sk.grpo_sdar_loss(h, kw.pop("teacher", d["ht"]), w, d["y"], d["adv"], old, d["ref"], d["mask"],
@@ -238,7 +240,7 @@ def test_grpo_modes_agree_with_fp64_autograd(impl, agg, distill, rlsd):
         assert not value.requires_grad and torch.isfinite(value)
 
 
-@pytest.mark.parametrize("impl", ["naive", "chunked"])
+@pytest.mark.parametrize("impl", ["naive", "chunked", "forward_grad"])
 def test_grpo_switches(impl):
     d = _batch(torch.float32, seed=2)
     # OPSD: no policy-gradient term.
@@ -256,7 +258,7 @@ def test_grpo_switches(impl):
     assert a.item() == b.item() and torch.equal(dh_a, dh_b)
 
 
-@pytest.mark.parametrize("impl", ["naive", "chunked"])
+@pytest.mark.parametrize("impl", ["naive", "chunked", "forward_grad"])
 def test_grpo_rlsd_metrics_match_fp64(impl):
     """RLSD has a teacher but no distillation term: the gap and the advantage weight are still reported."""
     d = _batch(torch.float32, seed=6)

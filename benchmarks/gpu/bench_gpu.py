@@ -7,7 +7,10 @@
 Providers (each skipped with its reason when it cannot run):
   materialised   bf16 GEMM logits -> fp32 log-softmax (student with grad, teacher under no_grad): the naive
                  PyTorch path the issue compares against
-  sk-naive, sk-chunked, sk-triton   sdar_kernels.sdar_loss(impl=...) (the public API)
+  sk-naive, sk-chunked, sk-triton, sk-forward_grad   sdar_kernels.sdar_loss(impl=...) (the public API;
+                 -1g, -4g: chunk_bytes 1 GiB, 4 GiB instead of the 2 GiB default)
+  grpo-triton, grpo-forward_grad   sdar_kernels.grpo_sdar_loss(impl=...): PG + entropy + λ·SDAR (the training
+                 objective; per-sequence advantages over 1024-token sequences)
   launchers-workspace, launchers-atomic, launchers-atomic-skip   the Triton launchers alone: row_stats over
                  student + teacher rows, grad for the student rows (the kernel cost without the loss glue)
   proto-fwdgrad-*   a prototype, not in the package: the gradient formed in the forward per token chunk
@@ -66,11 +69,25 @@ def materialised(hs, ht, w, y):
     return _sdar_terms(logp_s, logp_t)
 
 
-def sk_impl(impl):
+def sk_impl(impl, **options):
     import sdar_kernels as sk
 
     def run(hs, ht, w, y):
-        return sk.sdar_loss(hs, ht, w, y, impl=impl).loss
+        return sk.sdar_loss(hs, ht, w, y, impl=impl, **options).loss
+    return run
+
+
+def sk_grpo(impl):
+    """The training objective grpo_sdar_loss: PG (per-sequence advantages over 1024-token sequences) +
+    entropy bonus 0.001 + λ 0.01 · SDAR, on-policy (no behaviour log-probs), no KL."""
+    import sdar_kernels as sk
+
+    def run(hs, ht, w, y):
+        t = min(1024, hs.shape[0])
+        b = hs.shape[0] // t
+        adv = _cached(("advantages", b), lambda: torch.randn(b, device=hs.device))
+        return sk.grpo_sdar_loss(hs.view(b, t, -1), ht.view(b, t, -1), w, y.view(b, t), adv, entropy_coef=1e-3,
+                                 sdar_coef=0.01, impl=impl)[0]
     return run
 
 
@@ -203,6 +220,11 @@ PROVIDERS = {
     "sk-naive": sk_impl("naive"),
     "sk-chunked": sk_impl("chunked"),
     "sk-triton": sk_impl("triton"),
+    "sk-forward_grad": sk_impl("forward_grad"),
+    "sk-forward_grad-1g": sk_impl("forward_grad", chunk_bytes=2**30),
+    "sk-forward_grad-4g": sk_impl("forward_grad", chunk_bytes=2**32),
+    "grpo-triton": sk_grpo("triton"),
+    "grpo-forward_grad": sk_grpo("forward_grad"),
     "sk-triton-two_pass": sk_impl("triton"),  # with SDAR_TRITON_BACKWARD=two_pass (PROVIDER_ENV)
     "launchers-workspace": launchers(strategy="workspace"),
     "launchers-two_pass": launchers(strategy="two_pass"),
