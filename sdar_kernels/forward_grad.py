@@ -16,9 +16,9 @@ chunk's logits — eager, those passes cost what the saved GEMM saves (benchmark
 runs 4–6). Elsewhere they run eagerly; on a CPU the GEMMs are the cost, and the quick CPU benchmark
 set measured it level with the chunked backend (noisy: beside two training runs on 2 cores).
 
-On an H200 (run 6, bf16, V 151,936, 2 GiB chunks) the published loss takes 76.7 ms at H 4096,
-N 8k + 8k (materialised 80.1, triton 98.6) with 6.2 GiB of extra memory (materialised 17.3, triton
-2.3), and grpo_sdar_loss 82.0 ms (triton 100.7).
+On an H200 (run 6, bf16, V 151,936, 2 GiB chunks) the published loss takes 74.9 ms at H 4096,
+N 8k + 8k (materialised 80.5, triton 98.5) with 6.2 GiB of extra memory (materialised 17.3, triton
+2.3), and grpo_sdar_loss 75.6 ms.
 
 Per chunk of c rows (z = logits / temperature, q = softmax(z), y the label):
     logp = z_y − lse,  H = lse − Σ_j q_j z_j
@@ -36,6 +36,10 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+
+from .distributed import all_reduce_stats, all_reduce_sum
+from .options import DEFAULT_CHUNK_BYTES, KernelOptions
+from .stats import combine_stats
 
 #: Byte budget of one chunk's fp32 logits on CUDA: at most 3533 rows at V = 151,936, balanced (8k rows →
 #: 3 × 2731). On an H200 at H 4096, N 8k (run 6): 1 GiB 84.9–87.3 ms / 4.7 GiB extra, 2 GiB 74.6–76.7
@@ -55,28 +59,26 @@ def chunk_rows(n: int, vocab: int, chunk_bytes: int) -> int:
     return max(1, -(-n // chunks))
 
 
-def _row_stats(z: Tensor, z_teacher: Tensor | None, labels: Tensor, inv_temp: float):
-    """(lse, logp, entropy) of the student rows and the teacher rows' logp (or None), fp32 [c].
-    ``labels`` must index the vocabulary (invalid rows carry a placeholder; the caller masks them)."""
+def _row_stats(z: Tensor, labels: Tensor, inv_temp: float):
+    """Row statistics (m, s, t, zy) of a chunk's logits as the backends define them (``stats.py``),
+    fp32 [c]: about the row max m, s = Σ e^{z−m}, t = Σ (z−m) e^{z−m}, zy = z at the label, 0 where
+    ``labels`` is -1 (an invalid row, or a label on another rank's vocabulary shard)."""
     z = z.float() * inv_temp
-    lse = torch.logsumexp(z, dim=-1)
-    q = torch.exp(z - lse[:, None])
-    entropy = lse - (q * z).sum(-1)
-    logp = z.gather(1, labels[:, None])[:, 0] - lse
-    teacher_logp = None
-    if z_teacher is not None:
-        zt = z_teacher.float() * inv_temp
-        teacher_logp = zt.gather(1, labels[:, None])[:, 0] - torch.logsumexp(zt, dim=-1)
-    return lse, logp, entropy, teacher_logp
+    m = z.max(dim=-1).values
+    shifted = z - m[:, None]
+    e = torch.exp(shifted)
+    zy = z.gather(1, labels.clamp(min=0)[:, None])[:, 0]
+    return m, e.sum(-1), (shifted * e).sum(-1), torch.where(labels >= 0, zy, torch.zeros_like(zy))
 
 
 def _logit_grad(z: Tensor, labels: Tensor, lse: Tensor, entropy: Tensor, a: Tensor, b: Tensor,
                 inv_temp: float) -> Tensor:
-    """dL/d(raw logits) [c, V] in the logits' dtype from a = ∂L/∂logp, b = ∂L/∂H (fp32 [c])."""
+    """dL/d(raw logits) [c, V] in the logits' dtype from a = ∂L/∂logp, b = ∂L/∂H (fp32 [c]) and the
+    rows' global lse and entropy; the δ_jy term only where ``labels`` (local ids) is not -1."""
     log_q = z.float() * inv_temp - lse[:, None]
     q = torch.exp(log_q)
     dz = -q * (a[:, None] + b[:, None] * (log_q + entropy[:, None]))
-    dz = dz.scatter_add(1, labels[:, None], a[:, None])
+    dz = dz.scatter_add(1, labels.clamp(min=0)[:, None], torch.where(labels >= 0, a, torch.zeros_like(a))[:, None])
     return (dz * inv_temp).to(z.dtype)
 
 
@@ -97,20 +99,27 @@ def _epilogues(device: torch.device) -> tuple[Callable, Callable]:
 class ForwardGradFunction(torch.autograd.Function):
     """loss = Σ_rows objective(...) with dh and dW formed in the forward (module docstring).
 
-    Inputs: student [N, H], weight [V, H], labels int64 [N] (-1 on invalid rows), valid bool [N],
-    teacher [N, H] or None, objective (see ``Objective``), temperature, chunk rows. Outputs: the
-    fp32 scalar loss (differentiable w.r.t. student and weight) and the detached fp32 [N] student
-    logp, student entropy and teacher logp (empty without a teacher); invalid rows hold 0.
+    Inputs: student [N, H], weight [V_local, H], labels int64 [N] (GLOBAL ids, -1 on invalid rows),
+    valid bool [N], teacher [N, H] or None, objective (see ``Objective``), opts (temperature,
+    vocab_start, process_group), rows per chunk. Outputs: the fp32 scalar loss (differentiable
+    w.r.t. student and weight) and the detached fp32 [N] student logp, student entropy and teacher
+    logp (empty without a teacher); invalid rows hold 0.
+
+    With ``opts.process_group`` the head is a vocabulary shard (``distributed.py``): each chunk's
+    statistics of the student and teacher rows are all-reduced (O(c)) before the objective, dz covers
+    the local columns, dW is the shard's and dh is all-reduced once after the last chunk (O(N·H)).
+    Every rank must walk the same chunks: ``rows_per_chunk`` comes from the GLOBAL vocabulary.
     """
 
     @staticmethod
-    def forward(ctx, student, weight, labels, valid, teacher, objective: Objective, temperature: float,
+    def forward(ctx, student, weight, labels, valid, teacher, objective: Objective, opts: KernelOptions,
                 rows_per_chunk: int):
         n = student.shape[0]
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         stats_fn, grad_fn = _epilogues(student.device)
-        inv_temp = 1.0 / temperature
-        safe = torch.where(valid, labels, torch.zeros_like(labels))
+        inv_temp = 1.0 / opts.temperature
+        local = labels - opts.vocab_start  # this shard's column of each label, -1 where it has none
+        local = torch.where(valid & (local >= 0) & (local < weight.shape[0]), local, torch.full_like(local, -1))
         logp = student.new_zeros(n, dtype=torch.float32)
         entropy = torch.zeros_like(logp)
         teacher_logp = torch.zeros_like(logp) if teacher is not None else logp.new_empty(0)
@@ -120,31 +129,33 @@ class ForwardGradFunction(torch.autograd.Function):
         dw_part = torch.empty_like(weight) if need_w and weight.dtype != torch.float32 else None
         for start in range(0, n, rows_per_chunk):
             rows = slice(start, min(start + rows_per_chunk, n))
-            h = student[rows]
-            z = h @ weight.T  # (c, V) in the head's dtype, fp32 accumulation inside the GEMM
-            z_t = teacher[rows] @ weight.T if teacher is not None else None
-            ok = valid[rows]
-            lse, lp, ent, lp_t = stats_fn(z, z_t, safe[rows], inv_temp)
-            del z_t
-            zero = torch.zeros_like(lp)
-            lp, ent = torch.where(ok, lp, zero), torch.where(ok, ent, zero)
-            if lp_t is not None:
-                lp_t = torch.where(ok, lp_t, zero)
-                teacher_logp[rows] = lp_t
+            h, y, ok = student[rows], local[rows], valid[rows]
+            z = h @ weight.T  # (c, V_local) in the head's dtype, fp32 accumulation inside the GEMM
+            stats = [stats_fn(z, y, inv_temp)]
+            if teacher is not None:
+                stats.append(stats_fn(teacher[rows] @ weight.T, y, inv_temp))
+            m, s, t, zy = (torch.cat(parts) for parts in zip(*stats))  # (c or 2c,) each
+            if opts.process_group is not None:
+                m, s, t, zy = all_reduce_stats(m, s, t, zy, opts.process_group)
+            c = h.shape[0]
+            lse, lp, ent = combine_stats(m, s, t, zy, ok.repeat(len(stats)))
+            lse, lp, ent, lp_t = lse[:c], lp[:c], ent[:c], (lp[c:] if teacher is not None else None)
             logp[rows], entropy[rows] = lp, ent
+            if lp_t is not None:
+                teacher_logp[rows] = lp_t
             with torch.enable_grad():
                 lp_leaf = lp.detach().requires_grad_(need_h or need_w)
                 ent_leaf = ent.detach().requires_grad_(need_h or need_w)
-                per_token = objective(rows, lp_leaf, ent_leaf, lp_t)
-                part = per_token.sum()
+                part = objective(rows, lp_leaf, ent_leaf, lp_t).sum()
                 if need_h or need_w:
                     a, b = torch.autograd.grad(part, [lp_leaf, ent_leaf], allow_unused=True)
             total += part.detach().float()
             if not (need_h or need_w):
                 continue
+            zero = torch.zeros_like(lp)
             a = zero if a is None else torch.where(ok, a.float(), zero)
             b = zero if b is None else torch.where(ok, b.float(), zero)
-            dz = grad_fn(z, safe[rows], lse, ent, a, b, inv_temp)  # (c, V), head dtype
+            dz = grad_fn(z, y, lse, ent, a, b, inv_temp)  # (c, V_local), head dtype
             del z
             if need_h:
                 torch.mm(dz, weight, out=dh[rows])
@@ -153,6 +164,8 @@ class ForwardGradFunction(torch.autograd.Function):
                     dw.addmm_(dz.T, h)
                 else:
                     dw += torch.mm(dz.T, h, out=dw_part)  # 16-bit GEMM, fp32 accumulation across chunks
+        if need_h and opts.process_group is not None:
+            dh = all_reduce_sum(dh, opts.process_group)  # each shard's Σ_j dz_j W_j
         ctx.save_for_backward(dh, dw)
         ctx.weight_dtype = weight.dtype
         ctx.mark_non_differentiable(logp, entropy, teacher_logp)
@@ -167,16 +180,16 @@ class ForwardGradFunction(torch.autograd.Function):
 
 
 def forward_grad_loss(student: Tensor, weight: Tensor, labels: Tensor, valid: Tensor, teacher: Tensor | None,
-                      objective: Objective, *, temperature: float, chunk_bytes: int | None):
+                      objective: Objective, opts: KernelOptions, chunk_bytes: int | None):
     """(loss, logp, entropy, teacher_logp or None) through ``ForwardGradFunction`` (flattened rows).
 
-    chunk_bytes: budget of one chunk's fp32 [rows, V] logits; None → ``DEFAULT_CUDA_CHUNK_BYTES`` on
-    CUDA, ``options.DEFAULT_CHUNK_BYTES`` elsewhere.
+    chunk_bytes: budget of one chunk's fp32 [rows, V] logits, V the global vocabulary (the same on every
+    rank of a vocab-parallel head); None → ``DEFAULT_CUDA_CHUNK_BYTES`` on CUDA, ``DEFAULT_CHUNK_BYTES``
+    elsewhere.
     """
-    from .options import DEFAULT_CHUNK_BYTES
     if chunk_bytes is None:
         chunk_bytes = DEFAULT_CUDA_CHUNK_BYTES if student.device.type == "cuda" else DEFAULT_CHUNK_BYTES
-    rows = chunk_rows(student.shape[0], weight.shape[0], chunk_bytes)
+    rows = chunk_rows(student.shape[0], opts.vocab_size, chunk_bytes)
     loss, logp, entropy, teacher_logp = ForwardGradFunction.apply(
-        student, weight, labels, valid, None if teacher is None else teacher.detach(), objective, temperature, rows)
+        student, weight, labels, valid, None if teacher is None else teacher.detach(), objective, opts, rows)
     return loss, logp, entropy, (teacher_logp if teacher is not None else None)

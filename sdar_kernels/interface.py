@@ -181,11 +181,9 @@ def _safe_denominator(total: Tensor) -> Tensor:
     return torch.where(total > 0, total, torch.ones_like(total))
 
 
-def _check_forward_grad(opts: KernelOptions, *, full: bool, reduction: str = "sum") -> None:
-    """impl="forward_grad" needs a scalar loss of sampled-token terms on a whole head."""
+def _check_forward_grad(*, full: bool, reduction: str = "sum") -> None:
+    """impl="forward_grad" needs a scalar loss of sampled-token terms."""
     use = "; use impl='triton' or 'chunked'"
-    if opts.process_group is not None:
-        raise ValueError("impl='forward_grad' does not take a vocab-parallel head (process_group)" + use)
     if full:
         raise ValueError(f"impl='forward_grad' takes the sampled-token estimators "
                          f"{', '.join(map(repr, SAMPLED_ESTIMATORS))}, not the full-distribution ones" + use)
@@ -224,7 +222,8 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
         a caller may add a policy term on it and run one backward; detached with
         impl="forward_grad", whose gradient is the loss's alone); detached teacher_logp,
         gap Δ = logp_T − logp_S, gate g and student_entropy. impl="forward_grad" takes the sampled
-        estimators, reduction "mean" or "sum" and a whole head (no process_group).
+        estimators and reduction "mean" or "sum" (with a process_group: the same chunk_bytes on every
+        rank).
     """
     check_choice("gate", gate, GATES)
     check_choice("estimator", estimator, ESTIMATORS)
@@ -242,7 +241,7 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
     h_t = teacher_hidden.reshape(h_s.shape).contiguous()
     shape = labels.shape
     if opts.impl == "forward_grad":
-        _check_forward_grad(opts, full=estimator in FULL_ESTIMATORS, reduction=reduction)
+        _check_forward_grad(full=estimator in FULL_ESTIMATORS, reduction=reduction)
         scale = 1 / _safe_denominator(w.sum()) if reduction == "mean" else 1.0
 
         def objective(rows, lp, ent, lp_t):  # rows: a slice of the flattened tokens; lp, ent: (c,)
@@ -250,8 +249,8 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
             per_row, _ = losses.sdar_token_loss(lp, lp_t, gate=g_rows, estimator=estimator)
             return w[rows] * scale * per_row
 
-        loss, logp, entropy, teacher_logp = forward_grad_loss(h_s, weight, y, valid, h_t, objective,
-                                                              temperature=opts.temperature, chunk_bytes=chunk_bytes)
+        loss, logp, entropy, teacher_logp = forward_grad_loss(h_s, weight, y, valid, h_t, objective, opts,
+                                                              chunk_bytes)
     else:
         logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
     gap = teacher_logp - logp.detach()
@@ -347,8 +346,8 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
         temperature, ignore_index, impl, chunk_bytes, process_group, vocab_start, vocab_size: as in
             ``fused_logprobs`` (a vocab-parallel head works with every ``sdar_estimator``);
             impl="forward_grad" (gradient formed in the forward, ``forward_grad.py``; chunk_bytes is then
-            the budget of one chunk's fp32 logits, default 2 GiB on CUDA) takes the sampled estimators
-            and a whole head.
+            the budget of one chunk's fp32 logits over the global vocabulary, default 2 GiB on CUDA, the
+            same on every rank of a process_group) takes the sampled estimators.
     Returns:
         (loss, metrics): loss is a differentiable fp32 scalar. metrics holds detached fp32 scalars:
         pg_loss, kl, entropy (aggregated like the loss), sdar_loss (token mean of the distillation
@@ -403,7 +402,7 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
                  estimator="sdar" if full else sdar_estimator, vocab_size=opts.vocab_size, rlsd_coef=rlsd_coef,
                  max_log_ratio=max_log_ratio)
     if opts.impl == "forward_grad":
-        _check_forward_grad(opts, full=full)
+        _check_forward_grad(full=full)
 
         def objective(rows, lp, ent, lp_t):  # rows: a slice of the flattened tokens; lp, ent: (c,)
             def part(x):
@@ -413,8 +412,8 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
                 old_logp=part(old), ref_logp=part(ref), teacher_logp=lp_t, **hyper)
             return per_row
 
-        loss, logp, entropy, teacher_logp = forward_grad_loss(h_s, weight, y, valid, h_t, objective,
-                                                              temperature=opts.temperature, chunk_bytes=chunk_bytes)
+        loss, logp, entropy, teacher_logp = forward_grad_loss(h_s, weight, y, valid, h_t, objective, opts,
+                                                              chunk_bytes)
         # the terms for the metrics, from the detached log-probs (O(N))
         _, terms = losses.grpo_token_objective(logp, entropy, advantages=adv, agg_weight=agg_w, distill_weight=tok_w,
                                                old_logp=old, ref_logp=ref, teacher_logp=teacher_logp, **hyper)

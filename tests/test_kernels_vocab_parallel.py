@@ -66,6 +66,8 @@ CASES = {
         _case("sdar-naive-entropy", "sdar", "naive", [20, 17], gate="entropy", explicit=True),
         _case("sdar-triton-gap", "sdar", "triton", [18, 19], gate="gap"),
         _case("grpo-chunked", "grpo", "chunked", [18, 19], gate="soft_or"),
+        _case("grpo-forward_grad-chunks", "grpo", "forward_grad", [18, 19], gate="soft_or", chunk=True),
+        _case("grpo-forward_grad-frozen-explicit", "grpo", "forward_grad", [20, 17], frozen=True, explicit=True),
         _case("errors", "errors", "chunked", [18, 19]),
         _full("full-rkl-chunked-rowchunks", "full", "chunked", [18, 19], "full_reverse_kl", chunk=True),
         _full("full-fkl-chunked-equal-mean", "full", "chunked", [20, 20], "full_forward_kl", reduction="mean"),
@@ -88,6 +90,7 @@ CASES = {
         _case("sdar-triton-soft_or", "sdar", "triton", [12, 12, 13], gate="soft_or", explicit=True),
         _case("grpo-naive", "grpo", "naive", [12, 12, 13]),
         _case("grpo-triton", "grpo", "triton", [13, 12, 12], gate="entropy"),
+        _case("grpo-forward_grad-one-row-shard", "grpo", "forward_grad", [1, 20, 16], gate="entropy", chunk=True),
         _full("full-rkl-chunked-one-row-shard", "full", "chunked", [1, 20, 16], "full_reverse_kl", chunk=True),
         _full("full-fkl-chunked-negative", "full", "chunked", [12, 12, 13], "full_forward_kl", kind="negative"),
         _full("full-jsd-chunked-mean", "full", "chunked", [13, 12, 12], "jsd", reduction="mean", seed=3),
@@ -140,7 +143,9 @@ def _shard_kwargs(case, x, rank):
     kw = dict(impl=case["impl"], process_group=dist.group.WORLD)
     if case["explicit"]:
         kw.update(vocab_start=x["starts"][rank], vocab_size=x["vocab"])
-    if case["chunk"]:
+    if case["chunk"] and case["impl"] == "forward_grad":  # the same token chunks on every rank: 4 rows of V
+        kw.update(chunk_bytes=4 * 4 * x["vocab"])
+    elif case["chunk"]:
         full = case["estimator"] != "sdar"
         kw.update(chunk_bytes=_full_chunk(case, len(x["starts"])) if full else small_chunk(case["sizes"][rank]))
     return kw
