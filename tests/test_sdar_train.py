@@ -102,6 +102,33 @@ def test_save_every_zero_checkpoints_only_the_last_step(tiny_model, tmp_path):
     assert sorted(p.name for p in (run / "checkpoints").glob("step_*")) == ["step_000002"]
 
 
+def test_forward_grad_step_matches_chunked(tiny_model, tmp_path):
+    """One SDAR step with the gradient formed in the loss's forward moves the weights as the recomputing
+    backend does (same seed: same rollouts, same micro-batches)."""
+    from sdar.models import load_model
+    from sdar.train import train
+
+    lines, models = {}, {}
+    for impl in ("chunked", "forward_grad"):
+        run = str(tmp_path / impl)
+        cfg = Config(model_dir=tiny_model, run_dir=run, method="sdar", steps=1, batch_tasks=1, group_size=2,
+                     max_turns=2, max_new_tokens=8, eval_every=0, eval_seeds=0, threads=1, progress=False,
+                     coef=0.5, impl=impl)
+        lines[impl] = train(cfg)
+        models[impl], _ = load_model(os.path.join(run, "final"), train=False)
+    start, _ = load_model(tiny_model, train=False)
+    assert lines["chunked"]["response_tokens"] == lines["forward_grad"]["response_tokens"] > 0
+    for key in ("pg_loss", "sdar_loss", "kl", "entropy", "gate_mean", "grad_norm"):
+        assert lines["forward_grad"][key] == pytest.approx(lines["chunked"][key], rel=1e-4, abs=1e-6), key
+    # Adam's first step is ≈ lr·sign(g): an entry whose gradient is ~0 may move by up to 2·lr on summation order
+    # alone, so: every difference far below the step, and almost every entry equal to 1e-6.
+    for a, b, w0 in zip(models["chunked"].parameters(), models["forward_grad"].parameters(), start.parameters()):
+        step = (a - w0).abs().max().item()
+        assert step > 0
+        assert (a - b).abs().max().item() <= 0.1 * step
+        assert ((a - b).abs() > 1e-6).float().mean().item() <= 1e-3
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["grpo", "skill_grpo", "skill_sd", "rlsd", "opsd"])
 def test_every_method_runs_one_step(tiny_model, tmp_path, method):
