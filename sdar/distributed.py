@@ -272,7 +272,7 @@ def exit_distributed_process() -> None:
     os._exit(0)
 
 
-__all__ = ["EpisodeStats", "all_gather_objects", "barrier", "close", "exit_distributed_process", "fqn_to_index", "full_optimizer_state",
-           "full_state", "gather_episodes", "global_max", "global_sum", "head_weight", "index_to_fqn",
-           "init_from_env", "load_checkpoint", "load_full_state", "load_optimizer_state", "local_device", "rank",
-           "reduce_metric_sums", "shard", "sync_copy", "world_size"]
+__all__ = ["EpisodeStats", "all_gather_objects", "barrier", "close", "exit_distributed_process", "fqn_to_index",
+           "full_optimizer_state", "full_state", "gather_episodes", "global_max", "global_sum", "head_weight",
+           "index_to_fqn", "init_from_env", "load_checkpoint", "load_full_state", "load_optimizer_state",
+           "local_device", "rank", "reduce_metric_sums", "shard", "sync_copy", "world_size"]

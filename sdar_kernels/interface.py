@@ -240,36 +240,28 @@ def sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor, weight: Tensor, la
         raise TypeError(f"teacher_hidden dtype {teacher_hidden.dtype} must match weight dtype {weight.dtype}")
     h_t = teacher_hidden.reshape(h_s.shape).contiguous()
     shape = labels.shape
+    scale = 1 / _safe_denominator(w.sum()) if reduction == "mean" else 1.0
+
+    def objective(rows, lp, ent, lp_t):  # the sampled estimators' w·ℓ (·1/Σw for "mean") of rows (a slice)
+        g_rows, _ = losses.sdar_gate(lp_t - lp.detach(), ent, gate=gate, beta=beta, vocab_size=opts.vocab_size)
+        per_row, _ = losses.sdar_token_loss(lp, lp_t, gate=g_rows, estimator=estimator)
+        return w[rows] * scale * per_row
+
     if opts.impl == "forward_grad":
         _check_forward_grad(full=estimator in FULL_ESTIMATORS, reduction=reduction)
-        scale = 1 / _safe_denominator(w.sum()) if reduction == "mean" else 1.0
-
-        def objective(rows, lp, ent, lp_t):  # rows: a slice of the flattened tokens; lp, ent: (c,)
-            g_rows, _ = losses.sdar_gate(lp_t - lp.detach(), ent, gate=gate, beta=beta, vocab_size=opts.vocab_size)
-            per_row, _ = losses.sdar_token_loss(lp, lp_t, gate=g_rows, estimator=estimator)
-            return w[rows] * scale * per_row
-
         loss, logp, entropy, teacher_logp = forward_grad_loss(h_s, weight, y, valid, h_t, objective, opts,
                                                               chunk_bytes)
     else:
         logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
     gap = teacher_logp - logp.detach()
     g, _ = losses.sdar_gate(gap, entropy, gate=gate, beta=beta, vocab_size=opts.vocab_size)
-    if opts.impl == "forward_grad":
-        pass  # the loss came with its gradient from forward_grad_loss
-    elif estimator in FULL_ESTIMATORS:
+    if estimator in FULL_ESTIMATORS:
         loss = _full_estimator_loss(student_hidden, teacher_hidden, weight, w.reshape(shape), g.reshape(shape),
                                     estimator=estimator, jsd_beta=jsd_beta, reduction=reduction,
                                     temperature=temperature, impl=opts.impl, chunk_bytes=chunk_bytes, opts=opts)
-    else:
-        per_token, _ = losses.sdar_token_loss(logp, teacher_logp, gate=g, estimator=estimator)
-        per_token = w * per_token
-        if reduction == "mean":
-            loss = per_token.sum() / _safe_denominator(w.sum())
-        elif reduction == "sum":
-            loss = per_token.sum()
-        else:
-            loss = per_token.reshape(shape)
+    elif opts.impl != "forward_grad":  # (forward_grad returned the loss with its gradient)
+        per_token = objective(slice(None), logp, entropy, teacher_logp)
+        loss = per_token.reshape(shape) if reduction == "none" else per_token.sum()
     zero = torch.zeros_like(g)
     return SDAROutput(loss=loss, student_logp=logp.reshape(shape), teacher_logp=teacher_logp.detach().reshape(shape),
                       gap=torch.where(valid, gap, zero).reshape(shape),
@@ -401,27 +393,22 @@ def grpo_sdar_loss(student_hidden: Tensor, teacher_hidden: Tensor | None, weight
                  distill=distill, sdar_coef=0.0 if full else sdar_coef, gate=gate, beta=beta,
                  estimator="sdar" if full else sdar_estimator, vocab_size=opts.vocab_size, rlsd_coef=rlsd_coef,
                  max_log_ratio=max_log_ratio)
+
+    def objective(rows, lp, ent, lp_t):  # (f, terms) of the rows ``rows`` (a slice of the flattened tokens)
+        def part(x):
+            return None if x is None else x[rows]
+        return losses.grpo_token_objective(
+            lp, ent, advantages=adv[rows], agg_weight=agg_w[rows], distill_weight=tok_w[rows], old_logp=part(old),
+            ref_logp=part(ref), teacher_logp=lp_t, **hyper)
+
     if opts.impl == "forward_grad":
         _check_forward_grad(full=full)
-
-        def objective(rows, lp, ent, lp_t):  # rows: a slice of the flattened tokens; lp, ent: (c,)
-            def part(x):
-                return None if x is None else x[rows]
-            per_row, _ = losses.grpo_token_objective(
-                lp, ent, advantages=adv[rows], agg_weight=agg_w[rows], distill_weight=tok_w[rows],
-                old_logp=part(old), ref_logp=part(ref), teacher_logp=lp_t, **hyper)
-            return per_row
-
-        loss, logp, entropy, teacher_logp = forward_grad_loss(h_s, weight, y, valid, h_t, objective, opts,
-                                                              chunk_bytes)
-        # the terms for the metrics, from the detached log-probs (O(N))
-        _, terms = losses.grpo_token_objective(logp, entropy, advantages=adv, agg_weight=agg_w, distill_weight=tok_w,
-                                               old_logp=old, ref_logp=ref, teacher_logp=teacher_logp, **hyper)
+        loss, logp, entropy, teacher_logp = forward_grad_loss(
+            h_s, weight, y, valid, h_t, lambda *args: objective(*args)[0], opts, chunk_bytes)
+        _, terms = objective(slice(None), logp, entropy, teacher_logp)  # the metrics' terms, detached (O(N))
     else:
         logp, entropy, teacher_logp = _flat_logprobs(h_s, weight, y, valid, h_t, opts)
-        per_token, terms = losses.grpo_token_objective(
-            logp, entropy, advantages=adv, agg_weight=agg_w, distill_weight=tok_w, old_logp=old, ref_logp=ref,
-            teacher_logp=teacher_logp, **hyper)
+        per_token, terms = objective(slice(None), logp, entropy, teacher_logp)
         loss = per_token.sum()
     if full:
         distill_loss = _full_estimator_loss(student_hidden, teacher_hidden, weight, tok_w.reshape(shape),
