@@ -82,16 +82,30 @@ NINE_METHODS = ("grpo", "sdar", "grpo_opsd", "sdar_entropy", "sdar_soft_or", "rl
 def test_seed_studies_are_the_cpu_budget_from_one_warm_start(name, env, methods, sft):
     """household_seeds, search_qa_seeds and shop_seeds train cells of cpu_all_envs (same resolved configs) from one
     shared SFT (search_qa's and shop's longer: 2000 demos x 6 epochs), in their own out_dirs (their warm starts
-    differ from the per-seed ones of runs/cpu)."""
+    differ from the per-seed ones of runs/cpu). shop_seeds' ablation grids are tested below."""
     g = _grid(name)
     full = {c.name: ex._resolve(c.overrides) for c in ex.expand(_grid("cpu_all_envs"))}
-    cells = ex.expand(g)
+    cells = [c for c in ex.expand(g) if not c.axes]
     assert sorted(c.name for c in cells) == sorted(f"{env}__{m}__s{s}" for m in methods for s in (0, 1, 2))
     for c in cells:
         assert full[c.name] == ex._resolve(c.overrides)
     assert {c.warm_key for c in cells} == {f"{env}__s0"}
     assert (g["warm_start"]["sft"]["episodes"], g["warm_start"]["sft"]["epochs"]) == sft
     assert g["out_dir"] != _grid("cpu_all_envs")["out_dir"]
+
+
+def test_shop_ablations_change_only_beta_or_the_skill_retrieval_of_the_sdar_cell():
+    """shop_seeds' beta and retrieval grids: the main sdar cell of each seed with only β or skill_strategy changed
+    (β 5 and task_type are that cell, so they are not trained twice)."""
+    cells = {c.name: c for c in ex.expand(_grid("shop_seeds"))}
+    expected = {f"shop__sdar__beta-{b:g}__s{s}": {"beta": b} for b in (0.0, 1.0, 20.0) for s in (0, 1, 2)}
+    expected |= {f"shop__sdar__skill_strategy-{k}__s{s}": {"skill_strategy": k}
+                 for k in ("keyword", "all", "random", "similarity") for s in (0, 1, 2)}
+    assert sorted(n for n, c in cells.items() if c.axes) == sorted(expected)
+    for name, extra in expected.items():
+        twin = cells[f"shop__sdar__s{cells[name].seed}"]
+        assert ex._resolve(cells[name].overrides) == {**ex._resolve(twin.overrides), **extra}
+        assert cells[name].warm_key == twin.warm_key == "shop__s0"
 
 
 def test_household_oracle_differs_from_household_seeds_only_in_the_teacher_context_and_length():
