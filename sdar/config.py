@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import types
 import typing
@@ -120,6 +121,8 @@ class Config:
             raise ValueError("temperature, eval_temperature: expected > 0")
         if self.lr <= 0:
             raise ValueError(f"lr: expected > 0, got {self.lr}")
+        if not math.isfinite(self.beta) or self.beta < 0:
+            raise ValueError(f"beta: expected a finite gate sharpness >= 0, got {self.beta}")
         if self.impl == "forward_grad" and self.distill_loss in FULL_ESTIMATORS:
             raise ValueError(f"impl: 'forward_grad' takes the sampled distill_loss estimators, not "
                              f"{self.distill_loss!r}; use impl 'auto'")

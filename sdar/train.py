@@ -153,15 +153,16 @@ def _zero_pass(model, pad_id: int, device: torch.device) -> None:
     (h.sum() * 0.0 + D.head_weight(model).sum() * 0.0).backward()
 
 
-def gate_frac_above_half(metrics: dict, *, gate: str, distill: str) -> dict:
-    """Fraction of response tokens with gate ≥ 0.5. For the gap gate σ(βΔ) ≥ 0.5 ⇔ Δ ≥ 0, i.e.
-    1 − neg_gap_frac (near-deterministic tokens often have Δ = 0 exactly, gate 0.5); the constant gate
-    0.5 gives 1; other gates are not reported (the kernel returns no per-token gates)."""
+def gate_frac_above_half(metrics: dict, *, gate: str, distill: str, beta: float) -> dict:
+    """Fraction of response tokens with gate ≥ 0.5. For the gap gate with β > 0, σ(βΔ) ≥ 0.5 ⇔ Δ ≥ 0,
+    i.e. 1 − neg_gap_frac (near-deterministic tokens often have Δ = 0 exactly, gate 0.5); the constant
+    gate 0.5 (gate "none", or the gap gate with β = 0) gives 1; other gates are not reported (the kernel
+    returns no per-token gates)."""
     if distill != "sdar" or "neg_gap_frac" not in metrics:
         return {}
-    if gate == "gap":
-        return {"gate_frac_ge_half": 1.0 - metrics["neg_gap_frac"]}
-    return {"gate_frac_ge_half": 1.0} if gate == "none" else {}
+    if gate == "none" or (gate == "gap" and beta == 0):
+        return {"gate_frac_ge_half": 1.0}
+    return {"gate_frac_ge_half": 1.0 - metrics["neg_gap_frac"]} if gate == "gap" else {}
 
 
 def train(cfg: Config) -> dict:
@@ -285,7 +286,7 @@ def train(cfg: Config) -> dict:
         # 4. loss and optimizer steps
         t2 = time.time()
         upd = update(model, optimizer, samples, pre, advantages, cfg, step=step, device=device)
-        extra = gate_frac_above_half(upd, gate=spec.gate or cfg.gate, distill=spec.distill)
+        extra = gate_frac_above_half(upd, gate=spec.gate or cfg.gate, distill=spec.distill, beta=cfg.beta)
         if world > 1:
             D.sync_copy(model, roll_model)
         engine.sync_weights(roll_model)

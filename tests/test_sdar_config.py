@@ -28,6 +28,10 @@ def test_bad_values_name_the_field(tmp_path):
     for name in ("eval_every", "eval_seeds", "save_every", "keep_checkpoints"):
         with pytest.raises(ValueError, match=f"{name}: expected >= 0, got -1"):
             Config(**{name: -1})
+    for beta in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="beta: expected a finite gate sharpness >= 0"):
+            Config(beta=beta)
+    assert Config(beta=0.0).beta == 0.0
 
 
 def test_command_line_overrides():

@@ -129,6 +129,28 @@ def test_forward_grad_step_matches_chunked(tiny_model, tmp_path):
         assert ((a - b).abs() > 1e-6).float().mean().item() <= 1e-3
 
 
+def test_sdar_with_beta_zero_trains_exactly_as_grpo_opsd(tiny_model, tmp_path):
+    """β 0 makes the gap gate σ(0) = 0.5 on every token, grpo_opsd's constant gate: two steps of each log the same
+    metrics (all but wall-clock timings) and end at the same weights, bit for bit."""
+    from safetensors.torch import load_file
+
+    from sdar.train import train
+
+    runs = {}
+    for name, over in (("grpo_opsd", {"method": "grpo_opsd"}), ("beta0", {"method": "sdar", "beta": 0.0})):
+        run = str(tmp_path / name)
+        cfg = Config(model_dir=tiny_model, run_dir=run, steps=2, batch_tasks=1, group_size=2, max_turns=2,
+                     max_new_tokens=8, eval_every=0, eval_seeds=0, threads=1, progress=False, coef=0.5, **over)
+        train(cfg)
+        runs[name] = (_lines(run), load_file(os.path.join(run, "final", "model.safetensors")))
+    (la, wa), (lb, wb) = runs["grpo_opsd"], runs["beta0"]
+    assert [x["gate_mean"] for x in la] == [0.5, 0.5]
+    for x, y in zip(la, lb, strict=True):
+        assert {k: v for k, v in x.items() if k not in TIMING_KEYS} == \
+               {k: v for k, v in y.items() if k not in TIMING_KEYS}
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["grpo", "skill_grpo", "skill_sd", "rlsd", "opsd"])
 def test_every_method_runs_one_step(tiny_model, tmp_path, method):
