@@ -152,12 +152,15 @@ def paired_t(diffs: list[float]) -> float | None:
     return m / (sd / math.sqrt(len(diffs))) if sd else None
 
 
-def paired_table(runs: list[dict], group: str, env: str, base: str = "grpo") -> str:
+def paired_table(runs: list[dict], group: str, env: str, base: str = "grpo", *, variants_only: bool = False) -> str:
     """Success minus ``base``'s, paired by seed (same seed = same warm start and, for a shared warm start, the
     same training tasks per step), at the last evaluation (mean ± std over the paired seeds, each seed's
     difference, the paired t) and averaged over the evaluations after step 0. ``base`` comes from ``group``
-    or, when the group has none, from the ``main`` group of the same experiment."""
+    or, when the group has none, from the ``main`` group of the same experiment. ``variants_only`` keeps the
+    rows that are ``base`` with an axis changed (``sdar__beta-20`` for ``sdar``)."""
     rows = _rows(runs, group, env)
+    if variants_only:
+        rows = {k: v for k, v in rows.items() if k == base or k.startswith(base + "__")}
     ref_rows = rows.get(base) or _rows(runs, "main", env).get(base)
     if not ref_rows or not set(rows) - {base}:
         return ""
@@ -308,6 +311,14 @@ def render(runs_dir: str, out_dir: str) -> str:
                 parts.append(f"Paired by seed against grpo{'' if own else ' of grid main'} (paired t: "
                              f"n − 1 degrees of freedom; run average: over the evaluations after step 0):"
                              f"\n\n{paired}")
+            # an ablation row (method__axis-value) also pairs with its own method without the change
+            for base in sorted({name.split("__", 1)[0] for name in _rows(runs, group, env) if "__" in name}
+                               - {"grpo"}):
+                paired = paired_table(runs, group, env, base, variants_only=True)
+                if paired:
+                    own = base in _rows(runs, group, env)
+                    parts.append(f"Paired by seed against {base}{'' if own else ' of grid main'}, the same method "
+                                 f"without the axis change:\n\n{paired}")
             for key, label in (("eval_success", "success"), ("entropy", "entropy")):
                 png = plot_curves(runs, group, env, key, os.path.join(img_dir, f"{group}_{env}_{label}.png"))
                 if png:

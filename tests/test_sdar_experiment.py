@@ -464,11 +464,12 @@ def test_report_paired_against_main_grpo_by_hand(tmp_path):
     """A grid without grpo pairs with grid main's grpo: last-step differences, paired t, run averages."""
     root = str(tmp_path / "exp")
     curves = {"grpo": {0: [0.2, 0.3, 0.4], 1: [0.2, 0.2, 0.3], 2: [0.2, 0.5, 0.2]},
+              "sdar": {0: [0.2, 0.3, 0.5], 1: [0.2, 0.2, 0.2], 2: [0.2, 0.4, 0.4]},
               "sdar__gate-soft_or": {0: [0.2, 0.4, 0.5], 1: [0.2, 0.1, 0.4], 2: [0.2, 0.5, 0.4], 7: [0.2, 0.9, 0.9]},
               "sdar__gate-entropy": {0: [0.2, 0.3, 0.3]}}
     for row, seeds in curves.items():
         for seed, evals in seeds.items():
-            _fake_run(root, f"household__{row}__s{seed}", groups=["main" if row == "grpo" else "gate"],
+            _fake_run(root, f"household__{row}__s{seed}", groups=["main" if row in ("grpo", "sdar") else "gate"],
                       method=row.split("__")[0], gate="gap", env_name="household", evals=evals)
     text = rp.render(root, str(tmp_path / "docs"))
     # last step: +0.1, +0.1, +0.2 (seed 7 has no grpo partner); mean 2/15, std √(1/300), t = (2/15)/√(1/900) = 4
@@ -476,6 +477,13 @@ def test_report_paired_against_main_grpo_by_hand(tmp_path):
             in text)  # run averages after step 0: 0.45 − 0.35, 0.25 − 0.25, 0.45 − 0.35
     assert "| sdar__gate-entropy | 1 | -0.100 | s0: -0.100 | – | -0.050 |" in text
     assert "Paired by seed against grpo of grid main" in text
+    # the ablation rows against their own method (sdar of grid main): last step 0, +0.2, 0 (mean 1/15, std √(1/75),
+    # t = (1/15)/√(1/225) = 1); run averages 0.45 − 0.40, 0.25 − 0.20, 0.45 − 0.40
+    against_sdar = text.split("Paired by seed against sdar of grid main, the same method without the axis change")[1]
+    assert ("| sdar__gate-soft_or | 3 | 0.067 ± 0.115 | s0: +0.000, s1: +0.200, s2: +0.000 | 1.00 | 0.050 ± 0.000 |"
+            in against_sdar)
+    assert "| sdar__gate-entropy | 1 | -0.200 | s0: -0.200 | – | -0.100 |" in against_sdar
+    assert "| grpo |" not in against_sdar.split("![")[0]
     assert rp.paired_t([0.1, 0.1, 0.2]) == pytest.approx(4.0) and rp.paired_t([0.3]) is None
     assert rp.paired_t([0.1, 0.1]) is None  # no spread
 
