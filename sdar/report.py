@@ -305,20 +305,15 @@ def render(runs_dir: str, out_dir: str) -> str:
             if n:
                 parts.append(f"One evaluation plays the same {n} held-out tasks for every run; its binomial "
                              f"standard error is at most 0.5/√{n} = {0.5 / math.sqrt(n):.3f}.")
-            paired = paired_table(runs, group, env)
-            if paired:
-                own = "grpo" in _rows(runs, group, env)
-                parts.append(f"Paired by seed against grpo{'' if own else ' of grid main'} (paired t: "
-                             f"n − 1 degrees of freedom; run average: over the evaluations after step 0):"
-                             f"\n\n{paired}")
-            # an ablation row (method__axis-value) also pairs with its own method without the change
-            for base in sorted({name.split("__", 1)[0] for name in _rows(runs, group, env) if "__" in name}
-                               - {"grpo"}):
-                paired = paired_table(runs, group, env, base, variants_only=True)
+            # every row against grpo; an ablation row (method__axis-value) also against its method unchanged
+            rows = _rows(runs, group, env)
+            for base in ["grpo"] + sorted({name.split("__", 1)[0] for name in rows if "__" in name} - {"grpo"}):
+                paired = paired_table(runs, group, env, base, variants_only=base != "grpo")
                 if paired:
-                    own = base in _rows(runs, group, env)
-                    parts.append(f"Paired by seed against {base}{'' if own else ' of grid main'}, the same method "
-                                 f"without the axis change:\n\n{paired}")
+                    what = (" (paired t: n − 1 degrees of freedom; run average: over the evaluations after step 0):"
+                            if base == "grpo" else ", the same method without the axis change:")
+                    parts.append(f"Paired by seed against {base}{'' if base in rows else ' of grid main'}{what}"
+                                 f"\n\n{paired}")
             for key, label in (("eval_success", "success"), ("entropy", "entropy")):
                 png = plot_curves(runs, group, env, key, os.path.join(img_dir, f"{group}_{env}_{label}.png"))
                 if png:
