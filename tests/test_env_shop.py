@@ -468,6 +468,17 @@ def test_skill_files():
     assert "Shop: shoes" in text
 
 
+@pytest.mark.parametrize("split", SPLITS)
+def test_keyword_retrieval_picks_the_goal_category_on_the_small_preset(split):
+    """The keyword table names every product type of its category: on the small preset's goals the keyword strategy
+    chooses the goal's own category, so it gives the task_type text (shop_seeds runs its ablation cell once)."""
+    env = envs.make("shop", split=split, seed=0, preset="small")
+    for k in range(1000):
+        _, info = env.reset(seed=k)
+        by_keyword = envs.retrieve_skills("shop", task=info["task"], task_type=None, strategy="keyword")
+        assert by_keyword == envs.retrieve_skills("shop", task="", task_type=info["task_type"]), info["task"]
+
+
 def test_through_prompt_and_parser():
     """The trainer's path: prompt from info, reply parsed by envs.parse_reply, action played."""
     env = envs.make("shop", split="train", seed=0, preset="small")
