@@ -470,8 +470,8 @@ def test_skill_files():
 
 @pytest.mark.parametrize("split", SPLITS)
 def test_keyword_retrieval_picks_the_goal_category_on_the_small_preset(split):
-    """The keyword table names every product type of its category: on the small preset's goals the keyword strategy
-    chooses the goal's own category, so it gives the task_type text (shop_seeds runs its ablation cell once)."""
+    """Reading only the goal sentence, the keyword strategy chooses the goal's own category (the generator's task_type)
+    on every small-preset goal checked, so it gives the task_type text (shop_seeds runs its ablation cell once)."""
     env = envs.make("shop", split=split, seed=0, preset="small")
     for k in range(1000):
         _, info = env.reset(seed=k)
