@@ -279,9 +279,16 @@ def _subset(data: dict, cls) -> dict:
 
 
 def ensure_warm_start(grid: dict, cell: Cell, out_dir: str, *, runner=run_cli) -> str:
-    """The model dir every method of (cell.env, cell.seed) starts from; builds it once (init + SFT)."""
-    ws = grid.get("warm_start", {})
+    """The model dir every method of (cell.env, cell.seed) starts from; builds it once (init + SFT, or the
+    step-0 evaluations of local weights). Cells of one grid may run as parallel processes (``--only CELL``
+    each): the first to get here builds the warm start they share, the others wait on the lock and find it."""
     wdir = warm_dir(out_dir, cell)
+    os.makedirs(wdir, exist_ok=True)
+    with FileLock(os.path.join(wdir, ".build.lock")):
+        return _build_warm_start(grid.get("warm_start", {}), cell, wdir, runner)
+
+
+def _build_warm_start(ws: dict, cell: Cell, wdir: str, runner) -> str:
     res = _resolve(cell.overrides)
     common = {"env": res["env"], "preset": res["preset"], "env_seed": res["env_seed"], "seed": cell.warm_start_seed}
     if "model_dir" in ws:  # local HF weights (full scale): no SFT
@@ -297,29 +304,20 @@ def ensure_warm_start(grid: dict, cell: Cell, out_dir: str, *, runner=run_cli) -
         return ws["model_dir"]
     init_dir, sft_dir = os.path.join(wdir, "init"), os.path.join(wdir, "sft")
     log = os.path.join(wdir, "warm_start.log")
-    os.makedirs(wdir, exist_ok=True)
-    # cells of one grid run in parallel (`--only CELL` per process) share this warm start: the first process
-    # builds it, the others wait on the lock and find it ready
-    with FileLock(os.path.join(wdir, ".build.lock")):
-        _build_warm_start(ws, res, common, init_dir, sft_dir, cell.warm_key, log, runner)
-    return sft_dir
-
-
-def _build_warm_start(ws: dict, res: dict, common: dict, init_dir: str, sft_dir: str, key: str, log: str,
-                      runner) -> None:
     # ready = the report *and* the weights (a fresh clone has the committed report but not the weights;
     # SFT is seeded, so rebuilding it reproduces the checkpoint up to floating-point differences)
     if not all(os.path.exists(os.path.join(sft_dir, f)) for f in ("sft_report.json", "config.json")):
         if not os.path.exists(os.path.join(init_dir, "sdar_model.json")):
             init = {**common, "max_turns": res["max_turns"], **ws.get("init", {}), "out_dir": init_dir}
             if runner(["init-model", *_flags(init)], log) != 0:
-                raise RuntimeError(f"warm start {key}: init-model failed (see {log})")
+                raise RuntimeError(f"warm start {cell.warm_key}: init-model failed (see {log})")
         sft = {**common, "max_turns": res["max_turns"], "eval_max_turns": res["max_turns"],
                "eval_seeds": res["eval_seeds"], "eval_split": res["eval_split"],
                "eval_temperature": res["eval_temperature"], "max_new_tokens": res["max_new_tokens"],
                "threads": res["threads"], **ws.get("sft", {}), "model_dir": init_dir, "out_dir": sft_dir}
         if runner(["sft", *_flags(sft)], log) != 0:
-            raise RuntimeError(f"warm start {key}: sft failed (see {log})")
+            raise RuntimeError(f"warm start {cell.warm_key}: sft failed (see {log})")
+    return sft_dir
 
 
 def cell_config(cell: Cell, out_dir: str, model_dir: str) -> Config:
