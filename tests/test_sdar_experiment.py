@@ -273,7 +273,8 @@ def test_warm_start_shared_skip_and_resume(tmp_path):
 
 def test_parallel_cells_build_their_shared_warm_start_once(tmp_path):
     """Cells run as separate processes (``--only CELL`` each) start together: one builds the warm start they
-    share, the others wait for it instead of training their own SFT into the same directory."""
+    share, the others wait for it instead of training their own SFT into the same directory. Threads stand in
+    for the processes: each takes the file lock through its own descriptor, as a process would."""
     g = _tiny_grid(tmp_path)
     g["warm_start"]["seed"] = 0
     cells = [c for c in ex.expand(g) if c.env == "household" and not c.axes]
