@@ -35,7 +35,9 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _write_file_atomic(path: str, text: str) -> None:
+def write_file_atomic(path: str, text: str) -> None:
+    """``path`` holds ``text`` or what it held before, never a mix; concurrent writers (one temporary name per
+    process) do not collide."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         f.write(text)
@@ -89,7 +91,7 @@ def save_checkpoint(run_dir: str, *, step: int, model, optimizer, config: dict, 
         shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, final)
     _fsync_dir(root)
-    _write_file_atomic(os.path.join(root, LATEST), name)
+    write_file_atomic(os.path.join(root, LATEST), name)
     _prune(root, keep=keep, current=name)
     return final
 

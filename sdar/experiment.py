@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 
 from filelock import FileLock
 
+from sdar.checkpoint import write_file_atomic
 from sdar.config import Config, EvalConfig, InitConfig, SFTConfig
 
 #: Config fields a cell may not set (the runner owns them).
@@ -235,10 +236,7 @@ def is_done(out_dir: str, cell: Cell) -> bool:
 
 def _write_json(path: str, data) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-    os.replace(tmp, path)
+    write_file_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
 def _read_jsonl(path: str) -> list[dict]:

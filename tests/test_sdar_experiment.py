@@ -6,6 +6,7 @@ so these tests take seconds; one real tiny grid (``experiments/quick.json``) is 
 import copy
 import json
 import math
+import multiprocessing
 import os
 import subprocess
 import sys
@@ -290,6 +291,27 @@ def test_parallel_cells_build_their_shared_warm_start_once(tmp_path):
         dirs = list(pool.map(lambda c: ex.ensure_warm_start(g, c, str(tmp_path), runner=fake), cells))
     assert len(set(dirs)) == 1 and os.path.exists(os.path.join(dirs[0], "config.json"))
     assert sorted(c[0] for c in fake.calls) == ["init-model", "sft"]
+
+
+def _write_records(path, writer, n):
+    for i in range(n):
+        ex._write_json(path, {"writer": writer, "i": i, "pad": "x" * 2000})
+
+
+def test_parallel_processes_rewrite_one_json_without_collisions(tmp_path):
+    """Every `sdar experiment` process snapshots the grid into the same file on start: four processes rewriting
+    one path 100 times each all succeed, and the file ends as one writer's complete last record."""
+    path = str(tmp_path / "grid_t.json")
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_records, args=(path, w, 100)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    last = json.load(open(path))
+    assert last["i"] == 99 and last["writer"] in range(4) and len(last["pad"]) == 2000
+    assert os.listdir(tmp_path) == ["grid_t.json"]  # no temporary file left behind
 
 
 def test_warm_start_seed_shared_by_every_training_seed(tmp_path):
