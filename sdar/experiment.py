@@ -59,6 +59,7 @@ import fnmatch
 import itertools
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -239,6 +240,11 @@ def _write_json(path: str, data) -> None:
     write_file_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
+def _read_json(path: str):
+    with open(path) as f:
+        return json.load(f)
+
+
 def _read_jsonl(path: str) -> list[dict]:
     if not os.path.exists(path):
         return []
@@ -302,9 +308,16 @@ def _build_warm_start(ws: dict, cell: Cell, wdir: str, runner) -> str:
         return ws["model_dir"]
     init_dir, sft_dir = os.path.join(wdir, "init"), os.path.join(wdir, "sft")
     log = os.path.join(wdir, "warm_start.log")
-    # ready = the report *and* the weights (a fresh clone has the committed report but not the weights;
-    # SFT is seeded, so rebuilding it reproduces the checkpoint up to floating-point differences)
+    report = os.path.join(sft_dir, "sft_report.json")
+    # ready = the report *and* the weights. A clone with a committed report but no weights rebuilds the SFT
+    # (seeded), which must reproduce that report: on another CPU floating-point differences grow through
+    # training into a different model, and the grid's committed runs would then be paired with runs from it.
     if not all(os.path.exists(os.path.join(sft_dir, f)) for f in ("sft_report.json", "config.json")):
+        committed_text = open(report).read() if os.path.exists(report) else None
+        committed = json.loads(committed_text) if committed_text is not None else None
+        rebuilt_dir = sft_dir + ".rebuilt"
+        if committed is not None and os.path.exists(os.path.join(rebuilt_dir, "sft_report.json")):
+            _check_rebuilt_sft(cell.warm_key, committed, rebuilt_dir)  # an earlier rebuild already differed
         if not os.path.exists(os.path.join(init_dir, "sdar_model.json")):
             init = {**common, "max_turns": res["max_turns"], **ws.get("init", {}), "out_dir": init_dir}
             if runner(["init-model", *_flags(init)], log) != 0:
@@ -315,7 +328,40 @@ def _build_warm_start(ws: dict, cell: Cell, wdir: str, runner) -> str:
                "threads": res["threads"], **ws.get("sft", {}), "model_dir": init_dir, "out_dir": sft_dir}
         if runner(["sft", *_flags(sft)], log) != 0:
             raise RuntimeError(f"warm start {cell.warm_key}: sft failed (see {log})")
+        if committed is not None and _sft_differs(committed, _read_json(report)):
+            if os.path.exists(rebuilt_dir):
+                shutil.rmtree(rebuilt_dir)
+            os.replace(sft_dir, rebuilt_dir)  # keep the rebuilt model for inspection, out of the cells' way
+            os.makedirs(sft_dir)
+            write_file_atomic(report, committed_text)  # the committed report, byte for byte
+            _check_rebuilt_sft(cell.warm_key, committed, rebuilt_dir)
     return sft_dir
+
+
+_SFT_FINGERPRINT = (("final_loss",), ("student", "success"), ("teacher", "success"))
+
+
+def _sft_differs(committed: dict, rebuilt: dict) -> list[str]:
+    """The fingerprint fields (SFT loss, step-0 successes) in which a rebuilt SFT report differs from the committed
+    one, as 'field committed -> rebuilt'; empty when the rebuild reproduced it (bit for bit on the same CPU)."""
+    out = []
+    for path in _SFT_FINGERPRINT:
+        a, b = committed, rebuilt
+        for k in path:
+            a, b = (a or {}).get(k), (b or {}).get(k)
+        if a != b:
+            out.append(f"{'.'.join(path)} {a} -> {b}")
+    return out
+
+
+def _check_rebuilt_sft(key: str, committed: dict, rebuilt_dir: str) -> None:
+    diff = _sft_differs(committed, _read_json(os.path.join(rebuilt_dir, "sft_report.json")))
+    if diff:
+        raise RuntimeError(
+            f"warm start {key}: the SFT rebuilt here does not reproduce the committed sft_report.json "
+            f"({'; '.join(diff)}), so runs from it would not be paired with the grid's committed runs. The rebuilt "
+            f"model is kept in {rebuilt_dir} (delete it to rebuild again). Use the machine that built it, or start "
+            f"a new grid (its own out_dir) and commit its warm start's weights")
 
 
 def cell_config(cell: Cell, out_dir: str, model_dir: str) -> Config:

@@ -8,6 +8,7 @@ import json
 import math
 import multiprocessing
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -271,6 +272,46 @@ def test_warm_start_shared_skip_and_resume(tmp_path):
     fake4 = FakeSdar()
     assert ex.run_experiment(g, runner=fake4, log=lambda m: None)["ran"] == ["shop__grpo__s0"]
     assert [c[0] for c in fake4.calls] == ["sft", "train"]
+
+
+def test_a_rebuilt_warm_start_that_differs_from_its_committed_report_is_not_used(tmp_path):
+    """A clone without the weights rebuilds the SFT; on another CPU floating-point differences grow into another
+    model. The cells must not train from it (they would be paired with the committed runs): the rebuild is set
+    aside, the committed report restored byte for byte, and every later attempt refuses without retraining."""
+    g = _tiny_grid(tmp_path)
+    cell = next(c for c in ex.expand(g) if c.env == "household")
+    sft_dir = ex.ensure_warm_start(g, cell, str(tmp_path), runner=FakeSdar())
+    report = os.path.join(sft_dir, "sft_report.json")
+    committed = open(report).read()
+    os.remove(os.path.join(sft_dir, "config.json"))  # a fresh clone: the committed report, no weights
+
+    class OtherCpu(FakeSdar):
+        def __call__(self, argv, log_path):
+            rc = super().__call__(argv, log_path)
+            if argv[0] == "sft":
+                out = argv[argv.index("--out-dir") + 1]
+                rep = json.load(open(os.path.join(out, "sft_report.json")))
+                rep["student"]["success"] += 0.02
+                json.dump(rep, open(os.path.join(out, "sft_report.json"), "w"))
+            return rc
+
+    other = OtherCpu()
+    with pytest.raises(RuntimeError, match=r"does not reproduce the committed sft_report.json \(student.success"):
+        ex.ensure_warm_start(g, cell, str(tmp_path), runner=other)
+    assert [c[0] for c in other.calls] == ["sft"]
+    assert open(report).read() == committed and not os.path.exists(os.path.join(sft_dir, "config.json"))
+    assert os.path.exists(os.path.join(sft_dir + ".rebuilt", "config.json"))
+    again = OtherCpu()
+    with pytest.raises(RuntimeError, match="does not reproduce"):
+        ex.ensure_warm_start(g, cell, str(tmp_path), runner=again)
+    assert again.calls == []  # refused from the kept rebuild, no second SFT
+    summary = ex.run_experiment(g, runner=OtherCpu(), log=lambda m: None, only=cell.name)
+    assert summary["failed"] == [cell.name] and summary["ran"] == []
+    # the same CPU reproduces the report: once the kept rebuild is removed, the rebuilt warm start is used
+    shutil.rmtree(sft_dir + ".rebuilt")
+    same = FakeSdar()
+    assert ex.ensure_warm_start(g, cell, str(tmp_path), runner=same) == sft_dir
+    assert [c[0] for c in same.calls] == ["sft"] and os.path.exists(os.path.join(sft_dir, "config.json"))
 
 
 def test_parallel_cells_build_their_shared_warm_start_once(tmp_path):
