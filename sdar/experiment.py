@@ -313,7 +313,10 @@ def _build_warm_start(ws: dict, cell: Cell, wdir: str, runner) -> str:
     # (seeded), which must reproduce that report: on another CPU floating-point differences grow through
     # training into a different model, and the grid's committed runs would then be paired with runs from it.
     if not all(os.path.exists(os.path.join(sft_dir, f)) for f in ("sft_report.json", "config.json")):
-        committed_text = open(report).read() if os.path.exists(report) else None
+        committed_text = None
+        if os.path.exists(report):
+            with open(report) as f:
+                committed_text = f.read()
         committed = json.loads(committed_text) if committed_text is not None else None
         rebuilt_dir = sft_dir + ".rebuilt"
         if committed is not None and os.path.exists(os.path.join(rebuilt_dir, "sft_report.json")):
