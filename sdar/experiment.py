@@ -69,6 +69,7 @@ from filelock import FileLock
 
 from sdar.checkpoint import write_file_atomic
 from sdar.config import Config, EvalConfig, InitConfig, SFTConfig
+from sdar.report import load_json, read_jsonl
 
 #: Config fields a cell may not set (the runner owns them).
 _RUNNER_FIELDS = ("run_dir", "model_dir", "resume", "seed")
@@ -240,18 +241,6 @@ def _write_json(path: str, data) -> None:
     write_file_atomic(path, json.dumps(data, indent=2, sort_keys=True))
 
 
-def _read_json(path: str):
-    with open(path) as f:
-        return json.load(f)
-
-
-def _read_jsonl(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def _flags(data: dict) -> list[str]:
     """``{"max_turns": 10, "progress": False}`` → ``["--max-turns", "10", "--no-progress"]``."""
     out = []
@@ -320,7 +309,9 @@ def _build_warm_start(ws: dict, cell: Cell, wdir: str, runner) -> str:
         committed = json.loads(committed_text) if committed_text is not None else None
         rebuilt_dir = sft_dir + ".rebuilt"
         if committed is not None and os.path.exists(os.path.join(rebuilt_dir, "sft_report.json")):
-            _check_rebuilt_sft(cell.warm_key, committed, rebuilt_dir)  # an earlier rebuild already differed
+            # an earlier rebuild already differed: refuse without training another
+            raise _rebuilt_sft_error(cell.warm_key, committed, load_json(os.path.join(rebuilt_dir, "sft_report.json")),
+                                     rebuilt_dir)
         if not os.path.exists(os.path.join(init_dir, "sdar_model.json")):
             init = {**common, "max_turns": res["max_turns"], **ws.get("init", {}), "out_dir": init_dir}
             if runner(["init-model", *_flags(init)], log) != 0:
@@ -331,13 +322,13 @@ def _build_warm_start(ws: dict, cell: Cell, wdir: str, runner) -> str:
                "threads": res["threads"], **ws.get("sft", {}), "model_dir": init_dir, "out_dir": sft_dir}
         if runner(["sft", *_flags(sft)], log) != 0:
             raise RuntimeError(f"warm start {cell.warm_key}: sft failed (see {log})")
-        if committed is not None and _sft_differs(committed, _read_json(report)):
+        if committed is not None and _sft_differs(committed, rebuilt := load_json(report)):
             if os.path.exists(rebuilt_dir):
                 shutil.rmtree(rebuilt_dir)
             os.replace(sft_dir, rebuilt_dir)  # keep the rebuilt model for inspection, out of the cells' way
             os.makedirs(sft_dir)
             write_file_atomic(report, committed_text)  # the committed report, byte for byte
-            _check_rebuilt_sft(cell.warm_key, committed, rebuilt_dir)
+            raise _rebuilt_sft_error(cell.warm_key, committed, rebuilt, rebuilt_dir)
     return sft_dir
 
 
@@ -357,14 +348,12 @@ def _sft_differs(committed: dict, rebuilt: dict) -> list[str]:
     return out
 
 
-def _check_rebuilt_sft(key: str, committed: dict, rebuilt_dir: str) -> None:
-    diff = _sft_differs(committed, _read_json(os.path.join(rebuilt_dir, "sft_report.json")))
-    if diff:
-        raise RuntimeError(
-            f"warm start {key}: the SFT rebuilt here does not reproduce the committed sft_report.json "
-            f"({'; '.join(diff)}), so runs from it would not be paired with the grid's committed runs. The rebuilt "
-            f"model is kept in {rebuilt_dir} (delete it to rebuild again). Use the machine that built it, or start "
-            f"a new grid (its own out_dir) and commit its warm start's weights")
+def _rebuilt_sft_error(key: str, committed: dict, rebuilt: dict, rebuilt_dir: str) -> RuntimeError:
+    return RuntimeError(
+        f"warm start {key}: the SFT rebuilt here does not reproduce the committed sft_report.json "
+        f"({'; '.join(_sft_differs(committed, rebuilt))}), so runs from it would not be paired with the grid's "
+        f"committed runs. The rebuilt model is kept in {rebuilt_dir} (delete it to rebuild again). Use the machine "
+        f"that built it, or start a new grid (its own out_dir) and commit its warm start's weights")
 
 
 def cell_config(cell: Cell, out_dir: str, model_dir: str) -> Config:
@@ -434,7 +423,7 @@ def run_cell(grid: dict, cell: Cell, out_dir: str, *, runner=run_cli) -> dict:
     cfg.save(os.path.join(rdir, "cell_config.json"))
     t0 = time.time()
     rc = runner(["train", "--config", os.path.join(rdir, "cell_config.json")], os.path.join(rdir, "train.log"))
-    rows = _read_jsonl(os.path.join(rdir, "metrics.jsonl"))
+    rows = read_jsonl(os.path.join(rdir, "metrics.jsonl"))
     if rc != 0 or not rows or rows[-1].get("step") != cfg.steps:
         failure = {"name": cell.name, "returncode": rc, "last_step": rows[-1].get("step") if rows else 0,
                    "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

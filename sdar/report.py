@@ -52,12 +52,13 @@ def fmt(values: list[float]) -> str:
     return f"{m:.3f}" if s is None else f"{m:.3f} ± {s:.3f}"
 
 
-def _load_json(path: str):
+def load_json(path: str):
     with open(path) as f:
         return json.load(f)
 
 
-def _read_jsonl(path: str) -> list[dict]:
+def read_jsonl(path: str) -> list[dict]:
+    """The rows of a JSONL file ([] when it does not exist yet)."""
     if not os.path.exists(path):
         return []
     with open(path) as f:
@@ -71,14 +72,14 @@ def collect(runs_dir: str) -> dict:
     runs, unfinished = [], []
     for cell_path in sorted(glob.glob(os.path.join(runs_dir, "runs", "*", "cell.json"))):
         rdir = os.path.dirname(cell_path)
-        cell = _load_json(cell_path)
+        cell = load_json(cell_path)
         if not os.path.exists(os.path.join(rdir, "done.json")):
             unfinished.append(cell["name"])
             continue
         teacher = os.path.join(rdir, "teacher_eval.json")
-        runs.append({**cell, "done": _load_json(os.path.join(rdir, "done.json")),
-                     "teacher_eval": _load_json(teacher) if os.path.exists(teacher) else None,
-                     "metrics": _read_jsonl(os.path.join(rdir, "metrics.jsonl")),
+        runs.append({**cell, "done": load_json(os.path.join(rdir, "done.json")),
+                     "teacher_eval": load_json(teacher) if os.path.exists(teacher) else None,
+                     "metrics": read_jsonl(os.path.join(rdir, "metrics.jsonl")),
                      "method": cell["config"]["method"], "gate": cell["config"]["gate"]})
     warm = defaultdict(lambda: {"student": [], "teacher": []})
     for wdir in sorted(glob.glob(os.path.join(runs_dir, "models", "*"))):
@@ -89,7 +90,7 @@ def collect(runs_dir: str) -> dict:
             (os.path.join(wdir, "step0_teacher.json"), None, "teacher")]
         for path, key, who in pairs:
             if os.path.exists(path):
-                data = _load_json(path)
+                data = load_json(path)
                 data = data.get(key) if key else data
                 if isinstance(data, dict) and "success" in data:
                     warm[env][who].append(data["success"])

@@ -74,9 +74,11 @@ def ref_divergence(hs, ht, w, m, *, kind, beta=0.5, tau=1.0, top_k=None, reducti
     dz = coef[:, None] * g / tau
     if not floors:
         return out, dz @ w, dz.t() @ hs
-    u_z = 2.0 ** -24 * max(z_s.abs().max().item(), z_t.abs().max().item()) if z_s.numel() else 0.0
-    return (out, dz @ w, dz.t() @ hs), (u_z * (dz.abs() @ w.abs()).max().item() if dz.numel() else 0.0,
-                                        u_z * (dz.abs().t() @ hs.abs()).max().item() if dz.numel() else 0.0)
+    if dz.numel() == 0:
+        return (out, dz @ w, dz.t() @ hs), (0.0, 0.0)
+    u_z = 2.0 ** -24 * max(z_s.abs().max().item(), z_t.abs().max().item())
+    return (out, dz @ w, dz.t() @ hs), (u_z * (dz.abs() @ w.abs()).max().item(),
+                                        u_z * (dz.abs().t() @ hs.abs()).max().item())
 
 
 # ----------------------------------------------------------------------------------------------- helpers
