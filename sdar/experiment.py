@@ -108,8 +108,7 @@ class Cell:
 # ----------------------------------------------------------------------------- the grid
 def load_grid(path: str) -> dict:
     """Read and check a grid config JSON."""
-    with open(path) as f:
-        grid = json.load(f)
+    grid = load_json(path)
     check_grid(grid)
     return grid
 
@@ -396,8 +395,7 @@ def _teacher_eval_pending(grid: dict, cell: Cell, out_dir: str) -> bool:
     rdir = run_dir(out_dir, cell)
     if not grid.get("teacher_eval") or os.path.exists(os.path.join(rdir, "teacher_eval.json")):
         return False
-    with open(os.path.join(rdir, "done.json")) as f:
-        return _wants_teacher_eval(grid, json.load(f)["final_eval"])
+    return _wants_teacher_eval(grid, load_json(os.path.join(rdir, "done.json"))["final_eval"])
 
 
 def run_cell(grid: dict, cell: Cell, out_dir: str, *, runner=run_cli) -> dict:
@@ -405,15 +403,13 @@ def run_cell(grid: dict, cell: Cell, out_dir: str, *, runner=run_cli) -> dict:
     rdir = run_dir(out_dir, cell)
     done_path = os.path.join(rdir, "done.json")
     if os.path.exists(done_path):
-        with open(done_path) as f:
-            return json.load(f)
+        return load_json(done_path)
     model_dir = ensure_warm_start(grid, cell, out_dir, runner=runner)
     cfg = cell_config(cell, out_dir, model_dir)
     record = _cell_record(cell, cfg)
     cell_path = os.path.join(rdir, "cell.json")
     if os.path.exists(cell_path):
-        with open(cell_path) as f:
-            old = json.load(f)
+        old = load_json(cell_path)
         if old["config"] != record["config"]:
             diff = sorted(k for k in record["config"] if old["config"].get(k) != record["config"][k])
             raise ValueError(f"cell {cell.name}: {rdir} holds a run with a different config (fields {diff}); "
