@@ -53,8 +53,12 @@ def fmt(values: list[float]) -> str:
 
 
 def load_json(path: str):
+    """A JSON file's content; a malformed file is a ValueError naming it (not a bare decode error)."""
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: expected valid JSON ({e})") from e
 
 
 def read_jsonl(path: str) -> list[dict]:

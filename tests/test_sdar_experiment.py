@@ -187,6 +187,10 @@ def test_select_and_bad_configs(tmp_path):
         ex.expand({**g, "seeds": []})
     with pytest.raises(ValueError, match="warm_start.sft"):
         ex.expand({**g, "warm_start": {"sft": {"epoch": 3}}})
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"out_dir": ')
+    with pytest.raises(ValueError, match=r"broken\.json: expected valid JSON"):
+        ex.load_grid(str(broken))
 
 
 # ----------------------------------------------------------------------------- skip / resume
