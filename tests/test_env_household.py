@@ -312,6 +312,15 @@ def test_task_sentences_follow_alfworld_templates():
     assert {env.reset(k)[1]["task_type"] for k in range(5)} == {"pick_heat_then_place"}
 
 
+@pytest.mark.parametrize("split", SPLITS)
+def test_keyword_retrieval_picks_the_task_type_on_the_small_preset(split):
+    """Reading only the task sentence, the keyword strategy gives the task_type text on every small-preset task checked
+    (the sentence an episode shows is the generator's, env.py's _draw), so household_seeds_b does not train it apart."""
+    for p in generated("small", 2000, split=split):
+        by_keyword = envs.retrieve_skills("household", task=p.task, task_type=None, strategy="keyword")
+        assert by_keyword == envs.retrieve_skills("household", task="", task_type=p.goal.task_type), p.task
+
+
 # ----------------------------------------------------------------------------------- real adapter
 
 def test_real_adapter_plays_alfworld_game_files(tmp_path, monkeypatch):
